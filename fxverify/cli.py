@@ -5,11 +5,15 @@ Every error a user can cause prints one line (``error: ...``) on stderr and exit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
+
+import numpy as np
 
 import typer
 from rich.console import Console
@@ -99,6 +103,220 @@ def inspect(model: ModelArg,
     verdict = "[green]agrees[/green]" if a["ok"] else "[red]DISAGREES[/red]"
     con.print(f"onnxruntime check: {verdict} on {a['n_inputs']} random inputs, max abs difference "
               f"{a['max_abs_diff']:.2e} (tolerance {a['tolerance']:g} x max(1, |value|) per cut)")
+
+
+SpecOpt = Annotated[Path, typer.Option("--spec", help="Spec JSON file.", show_default=False)]
+SolverOpt = Annotated[Optional[str], typer.Option("--solver", help="Solver profile name or file, or a backend "
+                                                  "name (default: the spec's profile).", show_default=False)]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: out/MODEL__SPEC).",
+                                                show_default=False)]
+
+
+def _prepare(model: Path, spec_path: Path, solver: str | None):
+    """Load and cross-check model, spec, data and solver profile."""
+    from .onnx_import import load_model
+    from .profiles import load_profile
+    from .spec import check_compatible, load_spec
+
+    spec = load_spec(spec_path)
+    profile = load_profile(solver or spec.solver)
+    net = load_model(model)
+    points = spec.load_points()
+    check_compatible(points, net, spec)
+    return net, spec, points, spec.resolve_cuts(net), profile
+
+
+def _default_out(model: Path, spec: Path) -> Path:
+    return Path("out") / f"{model.stem}__{spec.stem}"
+
+
+@contextlib.contextmanager
+def _progress():
+    """A rich progress display and the callback the library reports to."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=False)
+    tasks: dict[str, int] = {}
+    starts: dict[str, tuple[float, int]] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total, rate="")
+            starts[stage] = (time.perf_counter(), done)
+        t0, d0 = starts[stage]
+        dt = time.perf_counter() - t0
+        rate = f"{(done - d0) / dt:.2f} pairs/s" if dt > 0 and done > d0 else ""
+        bars.update(tasks[stage], completed=done, total=total, rate=rate)
+
+    with bars:
+        yield report
+
+
+@app.command()
+@user_errors
+def collide(model: ModelArg, spec: SpecOpt,
+            cut: Annotated[str, typer.Option("--cut", help="Cut name (see `fxverify inspect`).")],
+            pair: Annotated[tuple[int, int], typer.Option("--pair", help="I J: the I-th point of the first class "
+                                                          "and the J-th of the second (0-based).")],
+            method: Annotated[Optional[str], typer.Option("--method", help="descent, faithful, closed_form or "
+                                                          "exact (default: the solver profile's).")] = None,
+            solver: SolverOpt = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the collision points).")] = False
+            ) -> None:
+    """Find and verify the collision of one cross-class pair at one cut."""
+    from .collision import Collider
+    from .errors import SpecError
+
+    net, sp, points, _, profile = _prepare(model, spec, solver)
+    i, j = pair
+    if not (0 <= i < len(points.X_a) and 0 <= j < len(points.X_b)):
+        raise SpecError(f"--pair {i} {j} is out of range: the spec selects {len(points.X_a)} points of class "
+                        f"{points.classes[0]} and {len(points.X_b)} of class {points.classes[1]}")
+    col = Collider(net, profile, method)
+    net.cut_index(cut)
+    if col.method == "descent":
+        chain = col.collide_cuts(points.X_a[i], points.X_b[j], net.cuts[: net.cut_index(cut) + 1])
+    else:
+        chain = {cut: col.collide(cut, points.X_a[i], points.X_b[j])}
+    res = chain[cut]
+    if as_json:
+        out = {c: {"status": r.status.value, "eps": r.eps, "verified": r.verified, "method": r.method,
+                   "solver": r.solver, "iterations": r.iterations, "seconds": r.seconds, "residual": r.residual,
+                   "residual_onnx": r.residual_onnx, "message": r.message} for c, r in chain.items()}
+        out[cut]["u_adv"] = None if res.u_adv is None else res.u_adv.tolist()
+        out[cut]["v_adv"] = None if res.v_adv is None else res.v_adv.tolist()
+        print(json.dumps({"pair": [i, j], "classes": list(points.classes),
+                          "index": [int(points.index_a[i]), int(points.index_b[j])], "cuts": out}, indent=2))
+        return
+    con = _console()
+    con.print(f"pair ({i}, {j}): class {points.classes[0]} image #{points.index_a[i]} vs class "
+              f"{points.classes[1]} image #{points.index_b[j]}; solver profile {escape(profile.name)}")
+    t = Table(show_edge=False, header_style="bold")
+    for col_name in ("cut", "status", "eps", "method", "LP solves", "seconds", "residual IR / ORT", "note"):
+        t.add_column(col_name)
+    for c, r in chain.items():
+        t.add_row(c, r.status.value, f"{r.eps:.6f}", r.method, str(r.iterations), f"{r.seconds:.2f}",
+                  f"{r.residual:.1e} / {r.residual_onnx:.1e}", escape(r.message))
+    con.print(t)
+    verdict = "verified collision" if res.verified else "no verified collision"
+    con.print(f"{cut}: {verdict}, eps = {res.eps:.6f}")
+
+
+def _print_distances(d, con) -> None:
+    t = Table(show_edge=False, header_style="bold")
+    for col_name in ("cut", "method", "pairs done", "found", "failed", "n/a", "min eps", "median eps", "CPU s"):
+        t.add_column(col_name, justify="left" if col_name in ("cut", "method") else "right")
+    for cut in d.cuts:
+        c = d.by_cut[cut]
+        fin = c.eps[np.isfinite(c.eps)]
+        t.add_row(cut, c.method, f"{c.n_done}/{c.n_pairs}", str(c.n_found), str(c.n_failed), str(c.n_not_applicable),
+                  f"{fin.min():.4f}" if fin.size else "-", f"{np.median(fin):.4f}" if fin.size else "-",
+                  f"{c.seconds:.1f}")
+    con.print(t)
+
+
+@app.command()
+@user_errors
+def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
+              time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting new pairs "
+                                                                   "after this many seconds.")] = None) -> None:
+    """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
+    from .pipeline import compute_distances
+
+    net, sp, points, cuts, profile = _prepare(model, spec, solver)
+    out = out or _default_out(model, spec)
+    with _progress() as report:
+        d = compute_distances(net, points, cuts, profile, out, progress=report, time_budget=time_budget,
+                              info={"spec": sp.to_dict()})
+    np.savez_compressed(out / "distances.npz", **{c: d.by_cut[c].eps for c in d.cuts},
+                        index_a=points.index_a, index_b=points.index_b)
+    con = _console()
+    _print_distances(d, con)
+    con.print(f"stored in {escape(str(out))} (results.sqlite, distances.npz)"
+              + ("" if d.complete else "; [yellow]incomplete[/yellow]: rerun the same command to continue"))
+
+
+TimeBudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting new pairs after "
+                                                         "this many seconds; bounds use the pairs done.")]
+
+
+def _print_bounds(a, con) -> None:
+    t = Table(show_edge=False, header_style="bold")
+    for col_name in ("cut", "eps", "edges", "0-1 lower bound", "cross-entropy lower bound", "pairs done", "failed"):
+        t.add_column(col_name, justify="left" if col_name == "cut" else "right")
+    for c in a.cuts:
+        for k, r in enumerate(c.records):
+            t.add_row(c.cut if k == 0 else "", f"{r.eps:g}", f"{r.edges:,}", f"{r.loss01_lower:.4f}",
+                      f"{r.ce_lower:.4f}", f"{c.pairs_done:,}/{c.pairs_total:,}" if k == 0 else "",
+                      str(c.pairs_failed) if k == 0 else "")
+        t.add_section()
+    con.print(t)
+
+
+@app.command()
+@user_errors
+def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
+          time_budget: TimeBudgetOpt = None) -> None:
+    """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
+    from .analysis import analyze
+    from .report import write_results
+
+    net, sp, points, cuts, profile = _prepare(model, spec, solver)
+    out = out or _default_out(model, spec)
+    with _progress() as report:
+        a = analyze(net, sp, solver=profile, out_dir=out, cuts=cuts, progress=report, time_budget=time_budget)
+    paths = write_results(a, out)
+    con = _console()
+    con.print(f"{escape(net.source.path)}: classes {a.classes[0]} vs {a.classes[1]}, {a.n_a} + {a.n_b} points "
+              f"({escape(points.origin)}), solver profile {escape(profile.name)}")
+    _print_bounds(a, con)
+    if not a.complete:
+        done = min(c.pairs_done for c in a.cuts)
+        con.print(f"[yellow]incomplete[/yellow]: the time budget stopped the descent after {done:,} of "
+                  f"{a.cuts[0].pairs_total:,} pairs; bounds count pairs not computed as no edge (still valid, "
+                  f"looser). Rerun the same command to continue.")
+    con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
+
+
+@app.command()
+@user_errors
+def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to compare.", show_default=False)],
+            spec: SpecOpt,
+            cut: Annotated[str, typer.Option("--cut", help="The cut to compare (present in every model).")],
+            label: Annotated[Optional[list[str]], typer.Option("--label", help="Curve label per model, in order "
+                                                                "(default: file names).")] = None,
+            out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("out/compare"),
+            solver: SolverOpt = None, time_budget: TimeBudgetOpt = None) -> None:
+    """Plot one cut across several models (e.g. training methods) on the same points and budgets."""
+    from .analysis import analyze
+    from .errors import SpecError
+    from .report import write_comparison
+
+    labels = label or [m.stem for m in models]
+    if len(labels) != len(models):
+        raise SpecError(f"{len(labels)} --label values for {len(models)} models")
+    if len(set(labels)) != len(labels):
+        raise SpecError("model labels must differ (pass --label)")
+    results = {}
+    with _progress() as report:
+        for m, lab in zip(models, labels):
+            net, sp, points, cuts, profile = _prepare(m, spec, solver)
+            results[lab] = analyze(net, sp, solver=profile, out_dir=out / lab, cuts=(cut,), progress=report,
+                                   time_budget=time_budget)
+    paths = write_comparison(results, cut, out)
+    con = _console()
+    t = Table(show_edge=False, header_style="bold")
+    for col_name in ("eps", *labels):
+        t.add_column(col_name, justify="right")
+    first = next(iter(results.values()))
+    for k, r in enumerate(first.cut(cut).records):
+        t.add_row(f"{r.eps:g}", *(f"{results[lab].cut(cut).records[k].ce_lower:.4f}" for lab in labels))
+    con.print(f"cross-entropy lower bound at {cut}:")
+    con.print(t)
+    con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
 
 
 def run() -> None:  # console-script entry point

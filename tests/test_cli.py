@@ -95,3 +95,93 @@ def test_third_party_unsupported_models_exit_2():
                       "Add 'Add_6' (node 6, output '23') adds two activations")
     assert_user_error(fx("inspect", REAL_ONNX / "eran_mnist_sigmoid_6x200.onnx"),
                       "6 unsupported operations: Sigmoid 'Sigmoid_6'")
+
+
+def _small_spec(tmp_path, **over):
+    doc = {"version": 1, "description": "test", "data": {"embedded": "mnist"}, "classes": [3, 7], "n_per_class": 3,
+           "eps": [0.0, 1.0, 2.0, 3.0], "cuts": "all"}
+    doc.update(over)
+    p = tmp_path / "spec.json"
+    p.write_text(json.dumps(doc))
+    return p
+
+
+def test_collide_one_pair(tmp_path, tiny_model):
+    spec = _small_spec(tmp_path)
+    res = fx("collide", tiny_model, "--spec", spec, "--cut", "relu2", "--pair", 0, 2, "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    cuts = doc["cuts"]
+    assert list(cuts) == ["input", "linear1", "relu1", "linear2", "relu2"]
+    assert all(c["status"] == "found" and c["verified"] for c in cuts.values())
+    eps = [c["eps"] for c in cuts.values()]
+    assert all(b <= a + 1e-12 for a, b in zip(eps, eps[1:]))
+    assert len(cuts["relu2"]["u_adv"]) == 784
+    table = fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 1, 1)
+    assert table.returncode == 0 and "relu1: verified collision, eps =" in table.stdout
+    assert_user_error(fx("collide", tiny_model, "--spec", spec, "--cut", "relu7", "--pair", 0, 0), "unknown cut 'relu7'")
+    assert_user_error(fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 0, 3), "out of range")
+
+
+def test_bound_end_to_end_writes_the_files(tmp_path, tiny_model):
+    import csv
+
+    spec = _small_spec(tmp_path)
+    out = tmp_path / "out"
+    res = fx("bound", tiny_model, "--spec", spec, "--out", out)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["model"]["sha256"] == __import__("hashlib").sha256(tiny_model.read_bytes()).hexdigest()
+    assert doc["spec"]["n_per_class"] == 3 and doc["solver"]["name"] == "descent-cvxopt"
+    assert doc["fxverify_version"] and doc["complete"] is True
+    recs = doc["results"]
+    cuts = ["input", "linear1", "relu1", "linear2", "relu2", "linear3"]
+    assert [r["cut"] for r in recs] == [c for c in cuts for _ in range(4)]
+    assert set(recs[0]) == {"cut", "eps", "edges", "loss01_lower", "ce_lower", "pairs_done", "pairs_failed"}
+    assert all(r["pairs_done"] == 9 and r["pairs_failed"] == 0 for r in recs)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(recs) and float(rows[5]["ce_lower"]) == pytest.approx(recs[5]["ce_lower"])
+    for png in ("loss01.png", "cross_entropy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bounds monotone in eps and never lower at a deeper cut
+    by = {c: [r for r in recs if r["cut"] == c] for c in cuts}
+    for c in cuts:
+        assert all(b["ce_lower"] >= a["ce_lower"] - 1e-12 for a, b in zip(by[c], by[c][1:]))
+    for s, d in zip(cuts, cuts[1:]):
+        assert all(rd["ce_lower"] >= rs["ce_lower"] - 1e-12 for rs, rd in zip(by[s], by[d]))
+    # a second run resumes from the store and prints the same table
+    again = fx("bound", tiny_model, "--spec", spec, "--out", out)
+    assert again.returncode == 0 and json.loads((out / "results.json").read_text())["results"] == recs
+
+
+def test_distances_and_compare(tmp_path, tiny_model, shipped_model):
+    spec = _small_spec(tmp_path, cuts=["input", "linear1"])
+    out = tmp_path / "d"
+    res = fx("distances", tiny_model, "--spec", spec, "--out", out)
+    assert res.returncode == 0, res.stderr
+    z = np.load(out / "distances.npz")
+    assert z["input"].shape == (3, 3) and np.all(np.isfinite(z["linear1"]))
+    cmp_out = tmp_path / "cmp"
+    res = fx("compare", tiny_model, shipped_model, "--spec", spec, "--cut", "linear1", "--out", cmp_out,
+             "--label", "tiny", "--label", "regular")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((cmp_out / "compare.json").read_text())
+    assert {r["model"] for r in doc["results"]} == {"tiny", "regular"}
+    assert (cmp_out / "compare_cross_entropy.png").exists()
+    assert_user_error(fx("compare", tiny_model, shipped_model, "--spec", spec, "--cut", "linear1", "--label", "a"),
+                      "1 --label values for 2 models")
+
+
+def test_bad_spec_and_mismatched_model_exit_2(tmp_path, tiny_model):
+    assert_user_error(fx("bound", tiny_model, "--spec", tmp_path / "none.json"), "spec file not found")
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, eps=[-1.0])), "eps[0]")
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, classes=[3, 4])), "class 4 is not present")
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, n_per_class=900)),
+                      "n_per_class=900 but class 3 has only 500")
+    np.savez(tmp_path / "wide.npz", X=np.zeros((4, 100)), y=np.array([3, 7, 3, 7]))
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, data={"npz": "wide.npz"}, n_per_class=2)),
+                      "100 values per image but the model's input")
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, cuts=["relu5"])), "relu5")
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path), "--solver", "nonesuch"),
+                      "unknown solver 'nonesuch'")

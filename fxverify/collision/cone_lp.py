@@ -1,0 +1,338 @@
+"""Collision descent over activation-pattern polytopes (ReLU cuts).
+
+For fixed activation patterns the features are affine in the perturbations, and the smallest
+budget is a linear cone program (variables t, a_u, a_v; perturbations delta = V a restricted to
+the row space of the first layer, V from its SVD):
+
+    minimise t  s.t.  ||a_u|| <= t,  ||a_v|| <= t,
+                      sign constraints of every pattern (z >= 0 where active, z <= 0 where not),
+                      equal features at the cut.
+
+Hidden ReLU layers have a pattern per point; the last ReLU layer of a ReLU cut has one shared
+pattern (active units: z_u = z_v >= 0; inactive units: z_u <= 0 and z_v <= 0). An affine cut
+after ReLU layers asks for W (h_u - h_v) = 0 instead.
+
+The duals of the sign constraints say which ReLUs block the objective; flipping a ReLU whose
+constraint is tight keeps the current point feasible (its pre-activation is 0, where both
+patterns agree), so every such step can only lower the budget. ``descent`` flips those
+("safe") ReLUs first and tries the others only when no safe flip is left; ``faithful``
+follows the paper: midpoint start, flip every ReLU with a positive dual, stop when the
+objective stops decreasing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+from ..backends.base import Backend, ConeProblem, SolverOptions
+from .chain import Chain
+
+HIDDEN, SHARED_ACTIVE, SHARED_INACTIVE = 0, 1, 2
+
+#: a sign constraint whose dual exceeds this (rows are normalised) is worth flipping
+DUAL_TOL = 1e-6
+#: a constraint counts as tight when its slack is below this times max(1, t)
+TIGHT_TOL = 1e-6
+#: rows of the equality system whose pivot is below this (relative) are dependent
+RANK_TOL = 1e-10
+
+
+@dataclass
+class Patterns:
+    hidden_u: list[np.ndarray]
+    hidden_v: list[np.ndarray]
+    shared: np.ndarray | None
+
+    def copy(self) -> Patterns:
+        return Patterns([h.copy() for h in self.hidden_u], [h.copy() for h in self.hidden_v],
+                        None if self.shared is None else self.shared.copy())
+
+    def key(self) -> bytes:
+        parts = self.hidden_u + self.hidden_v + ([self.shared] if self.shared is not None else [])
+        return b"|".join(np.packbits(p).tobytes() for p in parts)
+
+
+@dataclass
+class _LP:
+    problem: ConeProblem
+    row_type: np.ndarray
+    row_layer: np.ndarray
+    row_point: np.ndarray
+    row_unit: np.ndarray
+
+
+@dataclass
+class DescentOutcome:
+    u_adv: np.ndarray | None
+    v_adv: np.ndarray | None
+    objective: float = math.inf
+    iterations: int = 0
+    lp_solves: int = 0
+    seconds: float = 0.0
+    message: str = ""
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        return self.u_adv is not None
+
+
+class ReluDescent:
+    """Descent for one ReLU cut; holds what is shared by every pair (SVD, reduced weights)."""
+
+    def __init__(self, chain: Chain, backend: Backend, options: SolverOptions, *, faithful: bool = False,
+                 max_iter: int = 50) -> None:
+        if chain.kind != "relu":
+            raise ValueError(f"ReluDescent needs a ReLU chain, got {chain.kind}")
+        self.chain = chain
+        self.backend = backend
+        self.options = options
+        self.faithful = faithful
+        self.max_iter = max_iter
+        rs = chain.first_svd
+        self.V = rs.V  # d x r
+        self.r = rs.rank
+        self.M = chain.weights[0] @ self.V  # m1 x r
+        self.n_hidden = chain.n_relu if chain.final else chain.n_relu - 1
+
+    # ------------------------------------------------------------------ patterns --------
+    def pre_activations(self, x: np.ndarray) -> list[np.ndarray]:
+        W, b = self.chain.weights, self.chain.biases
+        z = [W[0] @ x + b[0]]
+        for k in range(1, self.chain.n_relu):
+            z.append(W[k] @ np.maximum(z[-1], 0.0) + b[k])
+        return z
+
+    def patterns_at(self, xu: np.ndarray, xv: np.ndarray) -> Patterns:
+        zu, zv = self.pre_activations(xu), self.pre_activations(xv)
+        H = self.n_hidden
+        shared = None if self.chain.final else (zu[-1] > 0) & (zv[-1] > 0)
+        return Patterns([z > 0 for z in zu[:H]], [z > 0 for z in zv[:H]], shared)
+
+    # ------------------------------------------------------------------ the cone LP -----
+    def _affine_in_alpha(self, p: np.ndarray, hidden: list[np.ndarray]):
+        """Pre-activations of every layer as c_k + G_k a, for one point and its hidden patterns."""
+        W, b = self.chain.weights, self.chain.biases
+        c = W[0] @ p + b[0]
+        G = self.M
+        cs, Gs = [c], [G]
+        for k in range(1, self.chain.n_relu):
+            s = hidden[k - 1].astype(np.float64)
+            c = W[k] @ (s * c) + b[k]
+            G = W[k] @ (s[:, None] * G)
+            cs.append(c)
+            Gs.append(G)
+        return cs, Gs
+
+    def build(self, u: np.ndarray, v: np.ndarray, pat: Patterns) -> _LP | None:
+        r, H = self.r, self.n_hidden
+        n = 1 + 2 * r
+        cu, Gu = self._affine_in_alpha(u, pat.hidden_u)
+        cv, Gv = self._affine_in_alpha(v, pat.hidden_v)
+        rows, rhs, meta = [], [], []  # inequality rows  G_row . x <= h
+
+        def add(block_u, block_v, h, typ, layer, point, units):
+            k = h.shape[0]
+            if k == 0:
+                return
+            R = np.zeros((k, n))
+            if block_u is not None:
+                R[:, 1:1 + r] = block_u
+            if block_v is not None:
+                R[:, 1 + r:] = block_v
+            rows.append(R)
+            rhs.append(h)
+            meta.append(np.stack([np.full(k, typ), np.full(k, layer), np.full(k, point), units]))
+
+        for k in range(H):
+            for point, (c, G, s) in enumerate(((cu[k], Gu[k], pat.hidden_u[k]), (cv[k], Gv[k], pat.hidden_v[k]))):
+                sigma = np.where(s, 1.0, -1.0)  # active: -z <= 0; inactive: z <= 0
+                blk = -sigma[:, None] * G
+                add(blk if point == 0 else None, blk if point == 1 else None, sigma * c, HIDDEN, k, point,
+                    np.arange(len(c)))
+        eq_A = eq_b = None
+        if not self.chain.final:
+            K = self.chain.n_relu - 1
+            act = np.flatnonzero(pat.shared)
+            ina = np.flatnonzero(~pat.shared)
+            add(-Gu[K][act], None, cu[K][act], SHARED_ACTIVE, K, 0, act)
+            add(Gu[K][ina], None, -cu[K][ina], SHARED_INACTIVE, K, 0, ina)
+            add(None, Gv[K][ina], -cv[K][ina], SHARED_INACTIVE, K, 1, ina)
+            if act.size:
+                eq_A = np.hstack([np.zeros((act.size, 1)), Gu[K][act], -Gv[K][act]])
+                eq_b = cv[K][act] - cu[K][act]
+        else:
+            Wf = self.chain.weights[-1]
+            su = pat.hidden_u[-1].astype(np.float64)
+            sv = pat.hidden_v[-1].astype(np.float64)
+            eq_A = np.hstack([np.zeros((Wf.shape[0], 1)), Wf @ (su[:, None] * Gu[-1]), -(Wf @ (sv[:, None] * Gv[-1]))])
+            eq_b = Wf @ (sv * cv[-1]) - Wf @ (su * cu[-1])
+
+        G_lin = np.vstack(rows) if rows else np.zeros((0, n))
+        h_lin = np.concatenate(rhs) if rhs else np.zeros(0)
+        M = np.hstack(meta) if meta else np.zeros((4, 0), dtype=np.int64)
+        # normalise rows; rows that do not depend on the perturbation are constants
+        norms = np.linalg.norm(G_lin, axis=1)
+        scale = max(1.0, float(norms.max(initial=0.0)))
+        const = norms <= 1e-12 * scale
+        if np.any(h_lin[const] < -1e-9 * max(1.0, float(np.abs(h_lin).max(initial=0.0)))):
+            return None  # a unit's sign is fixed and contradicts the pattern
+        keep = ~const
+        G_lin, h_lin, M = G_lin[keep] / norms[keep, None], h_lin[keep] / norms[keep], M[:, keep]
+        A = b = None
+        if eq_A is not None and eq_A.shape[0]:
+            reduced = _independent_rows(eq_A, eq_b)
+            if reduced is None:
+                return None  # inconsistent equalities: no collision with these patterns
+            if reduced[0].shape[0]:
+                A, b = reduced
+        # second-order cones (t, a_u) and (t, a_v)
+        soc = np.zeros((2 * (1 + r), n))
+        soc[0, 0] = soc[1 + r, 0] = -1.0
+        soc[1:1 + r, 1:1 + r] = -np.eye(r)
+        soc[2 + r:, 1 + r:] = -np.eye(r)
+        c_obj = np.zeros(n)
+        c_obj[0] = 1.0
+        prob = ConeProblem(c=c_obj, G=np.vstack([G_lin, soc]), h=np.concatenate([h_lin, np.zeros(2 * (1 + r))]),
+                           n_linear=G_lin.shape[0], soc_sizes=(1 + r, 1 + r), A=A, b=b)
+        return _LP(prob, M[0].astype(np.int64), M[1].astype(np.int64), M[2].astype(np.int64), M[3].astype(np.int64))
+
+    # ------------------------------------------------------------------ flips -----------
+    def _flips(self, lp: _LP, x: np.ndarray, z: np.ndarray, t: float, pat: Patterns):
+        """(safe, risky) pattern changes suggested by the duals."""
+        nl = lp.problem.n_linear
+        dual = z[:nl]
+        slack = lp.problem.h[:nl] - lp.problem.G[:nl] @ x
+        tight = slack <= TIGHT_TOL * max(1.0, t)
+        want = dual > DUAL_TOL
+        safe_h = [np.zeros_like(h) for h in pat.hidden_u], [np.zeros_like(h) for h in pat.hidden_v]
+        sel = want & (lp.row_type == HIDDEN)
+        if not self.faithful:
+            sel &= tight
+        for layer, point, unit in zip(lp.row_layer[sel], lp.row_point[sel], lp.row_unit[sel]):
+            safe_h[point][layer][unit] = True
+        shared_safe = shared_risky = None
+        if pat.shared is not None:
+            m = pat.shared.size
+            shared_safe = np.zeros(m, dtype=bool)
+            shared_risky = np.zeros(m, dtype=bool)
+            a = want & (lp.row_type == SHARED_ACTIVE) & (tight | self.faithful)
+            shared_safe[lp.row_unit[a]] = True
+            ina = lp.row_type == SHARED_INACTIVE
+            # an inactive unit may turn active safely only when both points sit at z = 0
+            tight_count = np.bincount(lp.row_unit[ina & tight], minlength=m)
+            rows_count = np.bincount(lp.row_unit[ina], minlength=m)
+            dual_sum = np.bincount(lp.row_unit[ina], weights=dual[ina], minlength=m)
+            wants = dual_sum > DUAL_TOL
+            both_tight = (tight_count == rows_count) & (rows_count > 0)
+            shared_safe |= wants & both_tight
+            shared_risky = wants & ~both_tight
+        return safe_h, shared_safe, shared_risky
+
+    @staticmethod
+    def _apply(pat: Patterns, hidden_flips, shared_flips) -> Patterns:
+        new = pat.copy()
+        for k in range(len(new.hidden_u)):
+            new.hidden_u[k] ^= hidden_flips[0][k]
+            new.hidden_v[k] ^= hidden_flips[1][k]
+        if new.shared is not None and shared_flips is not None:
+            new.shared ^= shared_flips
+        return new
+
+    # ------------------------------------------------------------------ the descent -----
+    def solve_lp(self, u, v, pat):
+        lp = self.build(u, v, pat)
+        if lp is None:
+            return None, None
+        return lp, self.backend.solve_cone(lp.problem, self.options)
+
+    def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> DescentOutcome:
+        """Descend from each start (pairs of points whose patterns seed the search); keep the best."""
+        t0 = time.perf_counter()
+        best = DescentOutcome(None, None)
+        messages = []
+        for xu, xv in starts:
+            out = self._descend(u, v, self.patterns_at(xu, xv))
+            best.iterations += out.iterations
+            best.lp_solves += out.lp_solves
+            if out.message:
+                messages.append(out.message)
+            if out.found and out.objective < best.objective:
+                best.u_adv, best.v_adv, best.objective, best.history = out.u_adv, out.v_adv, out.objective, out.history
+            if best.found and not self.faithful:
+                break  # a later start is only a fallback
+        best.seconds = time.perf_counter() - t0
+        best.message = "; ".join(dict.fromkeys(messages))
+        return best
+
+    def _descend(self, u, v, pat: Patterns) -> DescentOutcome:
+        out = DescentOutcome(None, None)
+        seen = {pat.key()}
+        risky_pending = False  # the current pattern came from a risky flip of the best one
+        for it in range(self.max_iter):
+            out.iterations = it + 1
+            lp, sol = self.solve_lp(u, v, pat)
+            out.lp_solves += lp is not None
+            if lp is None or not sol.ok:
+                if not out.found:
+                    why = "patterns infeasible" if lp is None else f"{sol.termination.value} ({sol.message})"
+                    out.message = f"cone LP failed at the start: {why}"
+                break  # keep the best point found so far
+            x = sol.x
+            au, av = x[1:1 + self.r], x[1 + self.r:]
+            eps = max(float(np.linalg.norm(au)), float(np.linalg.norm(av)))
+            out.history.append(eps)
+            if eps < out.objective * (1 - 1e-9) - 1e-12:
+                out.u_adv, out.v_adv, out.objective = u + self.V @ au, v + self.V @ av, eps
+                risky_pending = False
+            elif self.faithful or risky_pending:
+                break  # no decrease (the paper's stopping rule), or a risky flip did not pay
+            hidden, shared_safe, shared_risky = self._flips(lp, x, sol.z, eps, pat)
+            any_safe = any(h.any() for side in hidden for h in side) or (shared_safe is not None and shared_safe.any())
+            if self.faithful:
+                nxt = self._apply(pat, hidden, None if shared_safe is None else shared_safe | shared_risky)
+            elif any_safe:
+                # safe flips keep the current point feasible: the budget cannot increase
+                nxt = self._apply(pat, hidden, shared_safe)
+            elif shared_risky is not None and shared_risky.any():
+                no_hidden = ([np.zeros_like(h) for h in hidden[0]], [np.zeros_like(h) for h in hidden[1]])
+                nxt = self._apply(pat, no_hidden, shared_risky)
+                risky_pending = True
+            else:
+                break  # a local optimum over neighbouring patterns
+            key = nxt.key()
+            if key in seen:
+                break
+            seen.add(key)
+            pat = nxt
+        return out
+
+
+def _independent_rows(A: np.ndarray, b: np.ndarray):
+    """Drop linearly dependent rows of A x = b (pivoted QR), normalising the rest.
+
+    Returns (A', b') with possibly zero rows, or None when the system is inconsistent.
+    cvxopt needs rank(A) = rows(A); given dependent rows it reports 'unknown' with a wrong
+    objective instead of failing.
+    """
+    scale = np.linalg.norm(A, axis=1)
+    nz = scale > 1e-12 * max(1.0, float(scale.max(initial=0.0)))
+    if np.any(np.abs(b[~nz]) > 1e-9 * max(1.0, float(np.abs(b).max(initial=0.0)))):
+        return None
+    A, b = A[nz] / scale[nz, None], b[nz] / scale[nz]
+    if A.shape[0] == 0:
+        return A, b
+    _, R, piv = scipy.linalg.qr(A.T, mode="economic", pivoting=True)
+    d = np.abs(np.diag(R))
+    rank = int(np.sum(d > RANK_TOL * d[0]))
+    keep = np.sort(piv[:rank])
+    if rank < A.shape[0]:
+        x, *_ = np.linalg.lstsq(A[keep], b[keep], rcond=None)
+        if np.max(np.abs(A @ x - b)) > 1e-7 * max(1.0, float(np.abs(b).max())):
+            return None
+    return A[keep], b[keep]

@@ -1,0 +1,115 @@
+"""Solver profiles: which collision method, which backend, which options.
+
+A profile is a JSON file (schema ``fxverify/schemas/profile-v1.json``). Built-in profiles live in
+the repository's ``solvers/`` folder, shipped as the data package ``fxverify._profiles``. A
+``--solver``/``solver=`` value is resolved in this order: a path to a profile file, a built-in
+profile name, a backend name (the backend with default options).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .backends.base import SolverOptions
+from .errors import SolverError
+
+DEFAULT_PROFILE = "descent-cvxopt"
+METHODS = ("closed_form", "descent", "faithful", "exact")
+
+
+@dataclass(frozen=True)
+class SolverProfile:
+    name: str
+    method: str
+    backend: str
+    options: SolverOptions = field(default_factory=SolverOptions)
+    max_iterations: int = 50
+    description: str = ""
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method, "backend": self.backend,
+                "time_limit": self.options.time_limit, "rel_gap": self.options.rel_gap,
+                "threads": self.options.threads, "options": dict(self.options.native),
+                "max_iterations": self.max_iterations, "source": self.source}
+
+    def with_overrides(self, overrides: dict[str, Any]) -> SolverProfile:
+        """Apply ``key=value`` overrides: portable keys (time_limit, rel_gap, threads,
+        max_iterations, method) or backend options."""
+        opts, prof = self.options, self
+        native = dict(opts.native)
+        for k, v in overrides.items():
+            if k in ("time_limit", "rel_gap", "threads"):
+                opts = replace(opts, **{k: v})
+            elif k == "max_iterations":
+                prof = replace(prof, max_iterations=int(v))
+            elif k == "method":
+                if v not in METHODS:
+                    raise SolverError(f"unknown method {v!r}; methods: {', '.join(METHODS)}")
+                prof = replace(prof, method=v)
+            else:
+                native[k] = v
+        return replace(prof, options=replace(opts, native=native))
+
+
+def builtin_profiles() -> dict[str, Any]:
+    """name -> resource of every profile shipped with the package."""
+    root = resources.files("fxverify._profiles")
+    return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".json")}
+
+
+def _parse(doc: Any, name: str, source: str) -> SolverProfile:
+    import jsonschema
+
+    from .spec import _format_path
+
+    schema = json.loads((resources.files("fxverify.schemas") / "profile-v1.json").read_text())
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if errors:
+        e = max(errors, key=jsonschema.exceptions.relevance)
+        raise SolverError(f"solver profile {source}: invalid at {_format_path(e.absolute_path)}: {e.message}")
+    opts = SolverOptions(time_limit=doc.get("time_limit"), rel_gap=doc.get("rel_gap"), threads=doc.get("threads"),
+                         native=dict(doc.get("options", {})))
+    return SolverProfile(name=name, method=doc["method"], backend=doc["backend"], options=opts,
+                         max_iterations=int(doc.get("max_iterations", 50)), description=doc.get("description", ""),
+                         source=source)
+
+
+def _read(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SolverError(f"solver profile {source} is not valid JSON: {err.msg} at line {err.lineno}") from None
+
+
+def load_profile(solver: str | None, method: str | None = None) -> SolverProfile:
+    """Resolve a profile name, profile file or backend name (None: the default profile).
+
+    ``method``, when given, overrides the profile's method; it must not contradict a profile
+    that names the exact method for a descent request or the other way round.
+    """
+    from .backends.registry import backend_classes
+
+    solver = solver or DEFAULT_PROFILE
+    path = Path(solver)
+    builtins = builtin_profiles()
+    if solver.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise SolverError(f"solver profile file not found: {path}")
+        prof = _parse(_read(path.read_text(), str(path)), path.stem, str(path))
+    elif solver in builtins:
+        prof = _parse(_read(builtins[solver].read_text(), solver), solver, f"built-in profile {solver}")
+    elif solver in backend_classes():
+        prof = SolverProfile(name=solver, method=method or "descent", backend=solver, source=f"backend {solver}")
+    else:
+        raise SolverError(f"unknown solver {solver!r}: not a profile file, a built-in profile "
+                          f"({', '.join(sorted(builtins))}) or a backend ({', '.join(sorted(backend_classes()))})")
+    if method is not None and method != prof.method:
+        if "exact" in (method, prof.method):
+            raise SolverError(f"solver profile {prof.name!r} is for the {prof.method} method, not {method}")
+        prof = replace(prof, method=method)
+    return prof

@@ -1,0 +1,167 @@
+"""The resumable result store: per-pair collision budgets, kept in a run's output directory.
+
+One SQLite file (``results.sqlite``) holds
+
+* ``meta``: what the results are for (a fingerprint of the model, the points and the solver
+  profile); reopening a directory with a different fingerprint is an error;
+* ``pairs``: one row per (cut, i, j) computed by a descent: eps, status, method, solver, seconds,
+  residuals, iterations, message;
+* ``matrices``: cuts computed in closed form for all pairs at once, stored as ``.npy`` files
+  next to the database (written to a temporary name, then renamed).
+
+Writes are transactions (WAL journal), so a run killed at any moment, even with ``kill -9``,
+leaves only whole pairs behind; rerunning skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FxverifyError
+from .results import Collision, CollisionStatus
+
+DB_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pairs (
+    cut TEXT NOT NULL, i INTEGER NOT NULL, j INTEGER NOT NULL,
+    eps REAL NOT NULL, status TEXT NOT NULL, method TEXT NOT NULL, solver TEXT NOT NULL,
+    seconds REAL NOT NULL, residual REAL, residual_onnx REAL, iterations INTEGER NOT NULL, message TEXT NOT NULL,
+    PRIMARY KEY (cut, i, j));
+CREATE TABLE IF NOT EXISTS matrices (
+    cut TEXT PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, method TEXT NOT NULL,
+    seconds REAL NOT NULL, message TEXT NOT NULL);
+"""
+
+
+class StoreError(FxverifyError):
+    """The output directory holds results that do not belong to this run."""
+
+
+@dataclass(frozen=True)
+class PairRow:
+    cut: str
+    i: int
+    j: int
+    eps: float
+    status: str
+    method: str
+    solver: str
+    seconds: float
+    residual: float
+    residual_onnx: float
+    iterations: int
+    message: str
+
+    @staticmethod
+    def of(c: Collision, i: int, j: int) -> PairRow:
+        return PairRow(c.cut, i, j, c.eps if c.status is CollisionStatus.FOUND else math.inf, c.status.value,
+                       c.method, c.solver, c.seconds, c.residual, c.residual_onnx, c.iterations, c.message)
+
+
+def fingerprint(model_sha256: str, Xa: np.ndarray, Xb: np.ndarray, profile: dict) -> str:
+    h = hashlib.sha256()
+    h.update(model_sha256.encode())
+    for X in (Xa, Xb):
+        h.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
+        h.update(str(X.shape).encode())
+    h.update(json.dumps(profile, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class ResultStore:
+    """Open (or create) the store in ``directory`` for a run with the given fingerprint."""
+
+    def __init__(self, directory: str | Path, fingerprint_: str, info: dict | None = None) -> None:
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create output directory {self.dir}: {err.strerror}") from None
+        self.path = self.dir / DB_NAME
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is not a usable fxverify result store: {err}") from None
+        found = dict(self.db.execute("SELECT key, value FROM meta"))
+        if found:
+            if found.get("fingerprint") != fingerprint_:
+                raise StoreError(f"{self.dir} holds results for a different model, data or solver profile; "
+                                 f"use another --out directory or delete it")
+        else:
+            rows = {"fingerprint": fingerprint_, "store_version": str(SCHEMA_VERSION),
+                    **{k: json.dumps(v, default=str) for k, v in (info or {}).items()}}
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- per-pair rows ----------------------------------------------------------------
+    def add_pairs(self, rows: list[PairRow]) -> None:
+        """Insert rows in one transaction (all or nothing)."""
+        if not rows:
+            return
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.cut, r.i, r.j, r.eps, r.status, r.method, r.solver, r.seconds,
+                  None if math.isnan(r.residual) else r.residual,
+                  None if math.isnan(r.residual_onnx) else r.residual_onnx, r.iterations, r.message) for r in rows])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def done_pairs(self, cut: str) -> set[tuple[int, int]]:
+        return {(i, j) for i, j in self.db.execute("SELECT i, j FROM pairs WHERE cut = ?", (cut,))}
+
+    def pair_rows(self, cut: str) -> list[PairRow]:
+        cur = self.db.execute("SELECT * FROM pairs WHERE cut = ? ORDER BY i, j", (cut,))
+        return [PairRow(*(math.nan if v is None and k in (8, 9) else v for k, v in enumerate(row))) for row in cur]
+
+    # ---- closed-form matrices -----------------------------------------------------------
+    def add_matrix(self, cut: str, eps: np.ndarray, method: str, seconds: float, message: str = "") -> None:
+        name = f"closed_form_{hashlib.sha256(cut.encode()).hexdigest()[:12]}.npy"
+        tmp = self.dir / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, eps)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / name)
+        digest = hashlib.sha256((self.dir / name).read_bytes()).hexdigest()
+        self.db.execute("BEGIN")
+        self.db.execute("INSERT OR REPLACE INTO matrices VALUES (?, ?, ?, ?, ?, ?)",
+                        (cut, name, digest, method, seconds, message))
+        self.db.execute("COMMIT")
+
+    def matrix(self, cut: str) -> tuple[np.ndarray, str, float, str] | None:
+        row = self.db.execute("SELECT file, sha256, method, seconds, message FROM matrices WHERE cut = ?",
+                              (cut,)).fetchone()
+        if row is None:
+            return None
+        p = self.dir / row[0]
+        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != row[1]:
+            return None  # missing or damaged: recompute
+        return np.load(p), row[2], row[3], row[4]

@@ -1,0 +1,355 @@
+"""Collision finding: closed forms, the cone-LP descent, verification, failure handling."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from cvxopt import matrix, solvers
+from onnx import helper
+
+import fxverify
+from fxverify.backends.base import ConeSolution, Termination
+from fxverify.collision import Collider, collide
+from fxverify.collision.chain import chain_of
+from fxverify.collision.closed_form import all_pairs_eps
+from fxverify.collision.cone_lp import _independent_rows
+from fxverify.results import CollisionStatus
+
+from builders import make, save
+
+
+# ------------------------------------------------------------------ helpers ---------------
+def fcnn(tmp_path, weights, biases, final_affine=False, name="net.onnx"):
+    """An ONNX MatMul/Add/Relu chain with the given (out x in) weights; last layer ReLU unless
+    final_affine (then the last weight is a plain affine map)."""
+    nodes, inits, prev = [], {}, "x"
+    n = len(weights)
+    for k, (W, b) in enumerate(zip(weights, biases)):
+        inits[f"W{k}"] = np.asarray(W, np.float32).T.copy()
+        inits[f"b{k}"] = np.asarray(b, np.float32)
+        nodes += [helper.make_node("MatMul", [prev, f"W{k}"], [f"m{k}"]),
+                  helper.make_node("Add", [f"m{k}", f"b{k}"], [f"a{k}"])]
+        prev = f"a{k}"
+        if not (final_affine and k == n - 1):
+            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
+            prev = f"r{k}"
+    nodes[-1].output[0] = "y"
+    return fxverify.load_model(save(tmp_path, make(nodes, ["N", np.asarray(weights[0]).shape[1]], inits=inits),
+                                    name))
+
+
+def float32_weights(ws):
+    """The weights as the model stores them (float32), for the independent computations."""
+    return [np.asarray(np.asarray(w, np.float32), np.float64) for w in ws]
+
+
+def exact_eps(Ws, bs, u, v, final_affine=False):
+    """Exact eps* by enumerating activation regions; each region's cone LP is built here
+    independently of fxverify (input-space variables, equalities as two inequalities) and
+    its *dual* objective is used, a lower bound even if the solver stops early."""
+    Ws, bs = float32_weights(Ws), float32_weights(bs)
+    d = Ws[0].shape[1]
+    n = 1 + 2 * d
+    L = len(Ws) - (1 if final_affine else 0)  # ReLU layers
+    widths = [W.shape[0] for W in Ws[:L]]
+    hidden = L - (0 if final_affine else 1)
+    free = sum(widths[:hidden]) * 2 + (0 if final_affine else widths[-1])
+    best = math.inf
+    for bits in itertools.product([False, True], repeat=free):
+        bits = np.array(bits)
+        pos = 0
+        pats = []
+        for k in range(hidden):
+            pu, pv = bits[pos:pos + widths[k]], bits[pos + widths[k]:pos + 2 * widths[k]]
+            pos += 2 * widths[k]
+            pats.append((pu, pv))
+        shared = None if final_affine else bits[pos:]
+        # affine expressions z = C + D x for x = (t, du, dv)
+        rows, rhs = [], []
+
+        def expr(point, k_layer):
+            sel = slice(1, 1 + d) if point == 0 else slice(1 + d, n)
+            x0 = u if point == 0 else v
+            C = Ws[0] @ x0 + bs[0]
+            D = np.zeros((Ws[0].shape[0], n))
+            D[:, sel] = Ws[0]
+            for k in range(1, k_layer + 1):
+                s = pats[k - 1][point].astype(float)
+                C = Ws[k] @ (s * C) + bs[k]
+                D = Ws[k] @ (s[:, None] * D)
+            return C, D
+
+        for k in range(hidden):
+            for point in (0, 1):
+                C, D = expr(point, k)
+                sg = np.where(pats[k][point], 1.0, -1.0)
+                rows.append(-sg[:, None] * D)
+                rhs.append(sg * C)
+        if final_affine:
+            su, sv = (pats[-1][0].astype(float), pats[-1][1].astype(float))
+            Cu, Du = expr(0, hidden - 1)
+            Cv, Dv = expr(1, hidden - 1)
+            E = Ws[-1] @ (su[:, None] * Du) - Ws[-1] @ (sv[:, None] * Dv)
+            e = Ws[-1] @ (sv * Cv) - Ws[-1] @ (su * Cu)
+        else:
+            Cu, Du = expr(0, L - 1)
+            Cv, Dv = expr(1, L - 1)
+            a = shared
+            rows += [-Du[a], Du[~a], Dv[~a]]
+            rhs += [Cu[a], -Cu[~a], -Cv[~a]]
+            E, e = Du[a] - Dv[a], Cv[a] - Cu[a]
+        A, b = _orth_equalities(E, e) if E.shape[0] else (np.zeros((0, n)), np.zeros(0))
+        if A is None:
+            continue  # the equalities have no solution in this region
+        Gl = np.vstack(rows)
+        hl = np.concatenate(rhs)
+        soc = np.zeros((2 + 2 * d, n))
+        soc[0, 0] = soc[1 + d, 0] = -1
+        soc[1:1 + d, 1:1 + d] = -np.eye(d)
+        soc[2 + d:, 1 + d:] = -np.eye(d)
+        c = np.zeros(n)
+        c[0] = 1
+        try:
+            eq = dict(A=matrix(A), b=matrix(b)) if A.shape[0] else {}
+            r = solvers.conelp(matrix(c), matrix(np.vstack([Gl, soc])), matrix(np.concatenate([hl, np.zeros(2 + 2 * d)])),
+                               dims={"l": Gl.shape[0], "q": [1 + d, 1 + d], "s": []},
+                               options={"show_progress": False, "abstol": 1e-9, "reltol": 1e-9, "feastol": 1e-9},
+                               **eq)
+        except (ArithmeticError, ValueError):
+            continue
+        if r["status"] in ("primal infeasible", "dual infeasible"):
+            continue
+        if r["status"] == "optimal":
+            best = min(best, float(r["dual objective"]))
+        else:  # not converged: its dual objective may be garbage, but eps* >= 0 always holds
+            best = min(best, max(0.0, float(r["dual objective"] or 0.0)))
+    return best
+
+
+# ------------------------------------------------------------------ closed forms ----------
+def test_figure_1_of_the_paper(tmp_path):
+    """f(x0, x1) = (max(x0, 0), max(x1, 0)), u = (1, 4), v = (9, -5): eps = 5, u~ = (4, 0), v~ = (4, -5)."""
+    net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
+    for method in ("descent", "faithful"):
+        c = collide(net, "relu1", [1.0, 4.0], [9.0, -5.0], method=method)
+        assert c.status is CollisionStatus.FOUND and c.verified
+        assert c.eps == pytest.approx(5.0, abs=1e-6)
+        np.testing.assert_allclose(c.u_adv, [4.0, 0.0], atol=1e-6)
+        np.testing.assert_allclose(c.v_adv, [4.0, -5.0], atol=1e-6)
+        assert c.method == method and c.residual <= 1e-6
+
+
+def test_input_cut_is_the_midpoint(tmp_path):
+    net = fcnn(tmp_path, [np.eye(3)], [np.zeros(3)])
+    u, v = np.array([0.0, 1.0, 2.0]), np.array([3.0, 5.0, 2.0])
+    c = collide(net, "input", u, v)
+    assert c.eps == pytest.approx(2.5) and c.method == "closed_form"
+    np.testing.assert_allclose(c.u_adv, (u + v) / 2)
+    np.testing.assert_allclose(c.v_adv, (u + v) / 2)
+
+
+def _generic_affine_eps(W, u, v):
+    """min t s.t. |du| <= t, |dv| <= t, W(u + du) = W(v + dv), as a generic cone program."""
+    d = W.shape[1]
+    n = 1 + 2 * d
+    E = np.hstack([np.zeros((W.shape[0], 1)), W, -W])
+    e = W @ (v - u)
+    soc = np.zeros((2 + 2 * d, n))
+    soc[0, 0] = soc[1 + d, 0] = -1
+    soc[1:1 + d, 1:1 + d] = -np.eye(d)
+    soc[2 + d:, 1 + d:] = -np.eye(d)
+    c = np.zeros(n)
+    c[0] = 1
+    A, b = _orth_equalities(E, e)
+    r = solvers.conelp(matrix(c), matrix(soc), matrix(np.zeros(2 + 2 * d)), dims={"l": 0, "q": [1 + d, 1 + d], "s": []},
+                       A=matrix(A), b=matrix(b),
+                       options={"show_progress": False, "abstol": 1e-9, "reltol": 1e-9, "feastol": 1e-9})
+    assert r["status"] == "optimal"
+    return float(r["primal objective"])
+
+
+def _orth_equalities(E, e):
+    """E x = e as Q'E x = Q'e with Q an orthonormal basis of range(E) (scipy's SVD-based orth);
+    None when e is not in range(E) (no solution)."""
+    import scipy.linalg
+
+    Q = scipy.linalg.orth(E)
+    if np.linalg.norm(Q @ (Q.T @ e) - e) > 1e-9 * max(1.0, np.linalg.norm(e)):
+        return None, None
+    return Q.T @ E, Q.T @ e
+
+
+@pytest.mark.parametrize("m, d, rank", [(3, 6, 3), (6, 4, 4), (5, 5, 2)])
+def test_affine_closed_form_equals_generic_convex_solve(tmp_path, m, d, rank):
+    rng = np.random.default_rng(m * 10 + d)
+    W = rng.standard_normal((m, rank)) @ rng.standard_normal((rank, d))
+    net = fcnn(tmp_path, [W], [rng.standard_normal(m)], final_affine=True)
+    W32 = float32_weights([W])[0]
+    for _ in range(3):
+        u, v = rng.standard_normal(d), rng.standard_normal(d)
+        c = collide(net, "linear1", u, v)
+        assert c.status is CollisionStatus.FOUND
+        assert c.eps == pytest.approx(_generic_affine_eps(W32, u, v), rel=1e-6, abs=1e-8)
+        assert c.eps <= 0.5 * np.linalg.norm(u - v) + 1e-12
+
+
+def test_all_pairs_matrix_matches_pairs_and_is_chunked(tmp_path):
+    rng = np.random.default_rng(3)
+    net = fcnn(tmp_path, [rng.standard_normal((4, 9))], [np.zeros(4)], final_affine=True)
+    ch = chain_of(net, "linear1")
+    Xa, Xb = rng.uniform(0, 1, (7, 9)), rng.uniform(0, 1, (5, 9))
+    Xb[2] = Xa[3] + 1e-9  # a near-duplicate: exercises the cancellation guard
+    full = all_pairs_eps(ch, Xa, Xb)
+    chunked = all_pairs_eps(ch, Xa, Xb, block=2)
+    np.testing.assert_allclose(full, chunked, rtol=1e-14, atol=1e-16)
+    col = Collider(net)
+    for i, j in [(0, 0), (3, 2), (6, 4)]:
+        assert full[i, j] == pytest.approx(col.collide("linear1", Xa[i], Xb[j]).eps, rel=1e-12, abs=1e-15)
+    inp = all_pairs_eps(chain_of(net, "input"), Xa, Xb)
+    np.testing.assert_allclose(inp, 0.5 * np.linalg.norm(Xa[:, None] - Xb[None], axis=2), rtol=1e-13, atol=1e-15)
+
+
+# ------------------------------------------------------------------ ReLU descent ----------
+def test_relu_active_everywhere_gives_the_affine_value(tmp_path):
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((4, 6))
+    net = fcnn(tmp_path, [W], [np.full(4, 100.0)])  # every unit active near the data
+    for _ in range(3):
+        u, v = rng.uniform(0, 1, 6), rng.uniform(0, 1, 6)
+        lin = collide(net, "linear1", u, v)
+        rel = collide(net, "relu1", u, v)
+        assert rel.eps == pytest.approx(lin.eps, rel=1e-6)
+
+
+TINY = [  # (input, widths, final_affine)
+    (4, (5,), False), (6, (6,), False), (8, (4,), False), (3, (6,), False),
+    (4, (3, 3), False), (5, (3, 2), False), (4, (3,), True), (3, (3, 2), True),
+]
+
+
+@pytest.mark.parametrize("d, widths, final", TINY)
+def test_descent_never_beats_exact_enumeration(tmp_path, d, widths, final, capsys):
+    rng = np.random.default_rng(sum(widths) * 7 + d)
+    dims = (d,) + widths + ((2,) if final else ())
+    Ws = [rng.standard_normal((dims[k + 1], dims[k])) for k in range(len(dims) - 1)]
+    bs = [rng.standard_normal(dims[k + 1]) * 0.5 for k in range(len(dims) - 1)]
+    net = fcnn(tmp_path, Ws, bs, final_affine=final)
+    cut = net.cuts[-1]
+    col = Collider(net)
+    gaps = []
+    for _ in range(4):
+        u, v = rng.uniform(-1, 1, d), rng.uniform(-1, 1, d)
+        c = col.collide_cuts(u, v, (cut,))[cut]
+        star = exact_eps(Ws, bs, u, v, final_affine=final)
+        assert c.status is CollisionStatus.FOUND
+        assert c.eps >= star - 1e-6, (c.eps, star)
+        gaps.append(c.eps - star)
+    with capsys.disabled():
+        print(f"\n  tiny net d={d} widths={widths} final_affine={final} cut={cut}: "
+              f"descent - exact gaps {np.round(gaps, 5).tolist()}")
+
+
+def test_eps_never_grows_with_depth_on_the_shipped_model(shipped_model):
+    net = fxverify.load_model(shipped_model)
+    from fxverify.data import load_embedded, select_points
+
+    pts = select_points(load_embedded("mnist"), (3, 7), 3)
+    col = Collider(net)
+    order = ("input", "linear1", "relu1", "linear2", "relu2")
+    for i in range(2):
+        res = col.collide_cuts(pts.X_a[i], pts.X_b[i], order)
+        eps = [res[c].eps for c in order]
+        assert all(res[c].status is CollisionStatus.FOUND and res[c].verified for c in order)
+        assert all(b <= a + 1e-12 for a, b in zip(eps, eps[1:])), eps
+        assert eps[2] < eps[1], "the ReLU cut should merge strictly more than the linear one here"
+
+
+def test_wide_layer_with_redundant_equalities(tmp_path):
+    """A layer wider than its input: more active units than the rank. cvxopt returns a wrong
+    'unknown' answer on such equality systems unless the dependent rows are removed."""
+    rng = np.random.default_rng(11)
+    W = rng.standard_normal((9, 3))
+    net = fcnn(tmp_path, [W], [np.full(9, 5.0)])  # all active: 9 equalities of rank 3
+    u, v = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    c = collide(net, "relu1", u, v)
+    assert c.status is CollisionStatus.FOUND
+    assert c.eps == pytest.approx(collide(net, "linear1", u, v).eps, rel=1e-6)
+    A = rng.standard_normal((2, 5))
+    A3 = np.vstack([A, A[0] + 2 * A[1]])
+    red = _independent_rows(A3, A3 @ np.ones(5))
+    assert red is not None and red[0].shape[0] == 2
+    assert _independent_rows(A3, A3 @ np.ones(5) + np.array([0, 0, 1.0])) is None  # inconsistent
+
+
+# ------------------------------------------------------------------ failures --------------
+def test_a_fake_collision_fails_verification(tmp_path):
+    net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
+    col = Collider(net)
+    u, v = np.array([1.0, 4.0]), np.array([9.0, -5.0])
+    verdict = col.verifier.check("relu1", u, v, u, v)
+    assert not verdict.ok and "features differ" in verdict.message
+    res = col._verified("relu1", u, v, u, v, "descent", 0.0)
+    assert res.status is CollisionStatus.FAILED and not res.verified and math.isinf(res.eps)
+
+
+class _Broken:
+    def __init__(self, result):
+        self.result = result
+
+    def solve_cone(self, problem, options):
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+@pytest.mark.parametrize("solution", [
+    ConeSolution(Termination.NUMERICAL_ERROR, message="cvxopt status 'unknown'"),
+    ConeSolution(Termination.ERROR, message="cvxopt: singular KKT matrix"),
+])
+def test_solver_trouble_gives_a_failed_collision_not_an_exception(tmp_path, solution):
+    net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
+    col = Collider(net, method="faithful")
+    col._descent("relu1").backend = _Broken(solution)
+    res = col.collide("relu1", [1.0, 4.0], [9.0, -5.0])
+    assert res.status is CollisionStatus.FAILED and not res.verified and math.isinf(res.eps)
+    assert solution.termination.value in res.message
+
+
+def test_descent_keeps_the_shallower_collision_when_the_solver_fails(tmp_path):
+    net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
+    col = Collider(net)
+    col._descent("relu1").backend = _Broken(ConeSolution(Termination.NUMERICAL_ERROR))
+    res = col.collide_cuts([1.0, 4.0], [9.0, -5.0], ("linear1", "relu1"))
+    assert res["relu1"].status is CollisionStatus.FOUND
+    assert res["relu1"].eps == pytest.approx(res["linear1"].eps)
+    assert "kept the collision found at linear1" in res["relu1"].message
+
+
+def test_maxpool_cut_is_not_applicable_without_a_shallower_collision(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    rng = np.random.default_rng(0)
+    net = fxverify.load_model(save(tmp_path, make(nodes, ["N", 1, 5, 5],
+                                                  inits={"W": rng.standard_normal((2, 1, 2, 2)).astype(np.float32)})))
+    u, v = rng.uniform(0, 1, 25), rng.uniform(0, 1, 25)
+    res = Collider(net, method="faithful").collide("pool1", u, v)
+    assert res.status is CollisionStatus.NOT_APPLICABLE and "max-pool layer pool1" in res.message
+    # descent inherits the relu1 collision, which is a collision at pool1 too
+    chain = Collider(net).collide_cuts(u, v)
+    assert chain["pool1"].status is CollisionStatus.FOUND and chain["pool1"].eps <= chain["relu1"].eps + 1e-12
+    assert "inherited from relu1" in chain["pool1"].message
+    cf = Collider(net, method="closed_form").collide("relu1", u, v)
+    assert cf.status is CollisionStatus.NOT_APPLICABLE
+
+
+def test_bad_points_and_cuts(tmp_path):
+    net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
+    with pytest.raises(fxverify.FxverifyError, match="NaN"):
+        collide(net, "relu1", [np.nan, 1.0], [0.0, 0.0])
+    with pytest.raises(fxverify.FxverifyError, match="unknown cut 'relu3'"):
+        collide(net, "relu3", [1.0, 1.0], [0.0, 0.0])
+    with pytest.raises(fxverify.FxverifyError, match="unknown solver 'nope'"):
+        collide(net, "relu1", [1.0, 1.0], [0.0, 0.0], solver="nope")
