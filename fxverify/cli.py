@@ -205,6 +205,15 @@ def collide(model: ModelArg, spec: SpecOpt,
     con.print(f"{cut}: {verdict}, eps = {res.eps:.6f}")
 
 
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for the local "
+                                                "executor (default: every core; 1 runs in this process).",
+                                                show_default=False)]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where pair tasks run: local (process pool), serial or "
+                                          "ray.")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local "
+                                                   "Ray instance).", show_default=False)]
+
+
 def _print_distances(d, con) -> None:
     t = Table(show_edge=False, header_style="bold")
     for col_name in ("cut", "method", "pairs done", "found", "failed", "n/a", "min eps", "median eps", "CPU s"):
@@ -222,15 +231,18 @@ def _print_distances(d, con) -> None:
 @user_errors
 def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
               time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting new pairs "
-                                                                   "after this many seconds.")] = None) -> None:
+                                                                   "after this many seconds.")] = None,
+              jobs: JobsOpt = None, executor: ExecutorOpt = "local", address: AddressOpt = None) -> None:
     """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
+    from .executors import make_executor
     from .pipeline import compute_distances
 
     net, sp, points, cuts, profile = _prepare(model, spec, solver)
+    ex = make_executor(executor, jobs=jobs, address=address)
     out = out or _default_out(model, spec)
     with _progress() as report:
         d = compute_distances(net, points, cuts, profile, out, progress=report, time_budget=time_budget,
-                              info={"spec": sp.to_dict()})
+                              info={"spec": sp.to_dict()}, executor=ex)
     np.savez_compressed(out / "distances.npz", **{c: d.by_cut[c].eps for c in d.cuts},
                         index_a=points.index_a, index_b=points.index_b)
     con = _console()
@@ -259,15 +271,21 @@ def _print_bounds(a, con) -> None:
 @app.command()
 @user_errors
 def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
-          time_budget: TimeBudgetOpt = None) -> None:
+          time_budget: TimeBudgetOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
+          address: AddressOpt = None) -> None:
     """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
     from .analysis import analyze
+    from .executors import make_executor
     from .report import write_results
 
     net, sp, points, cuts, profile = _prepare(model, spec, solver)
+    ex = make_executor(executor, jobs=jobs, address=address)
+    if time_budget is None:
+        time_budget = sp.time_budget
     out = out or _default_out(model, spec)
     with _progress() as report:
-        a = analyze(net, sp, solver=profile, out_dir=out, cuts=cuts, progress=report, time_budget=time_budget)
+        a = analyze(net, sp, solver=profile, out_dir=out, cuts=cuts, progress=report, time_budget=time_budget,
+                    executor=ex)
     paths = write_results(a, out)
     con = _console()
     con.print(f"{escape(net.source.path)}: classes {a.classes[0]} vs {a.classes[1]}, {a.n_a} + {a.n_b} points "

@@ -10,6 +10,7 @@ collision. Pairs already in the store are not recomputed.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,10 +100,20 @@ def _closed_form(collider: Collider, points: Points, cut: str, store: ResultStor
                      message or f"closed form; {len(flat)} pairs re-verified in onnxruntime")
 
 
+#: pairs per task sent to a worker (small: a stop after the time budget wastes little)
+CHUNK = 4
+
+
 def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profile: SolverProfile,
                       out_dir, *, progress: Progress | None = None, time_budget: float | None = None,
-                      info: dict | None = None) -> Distances:
-    """Compute (or resume) the budgets of all pairs at ``cuts`` into the store in ``out_dir``."""
+                      info: dict | None = None, executor=None) -> Distances:
+    """Compute (or resume) the budgets of all pairs at ``cuts`` into the store in ``out_dir``.
+
+    ``executor``: where the pair tasks run (:func:`fxverify.executors.make_executor`; default:
+    a process pool over the local cores). ``time_budget``: seconds after which no new pair
+    is started (pairs in flight finish); the result then covers the pairs done."""
+    from .executors import PairJob, SerialExecutor, make_executor
+
     t_start = time.perf_counter()
     collider = Collider(net, profile)
     fp = fingerprint(net.source.sha256, points.X_a, points.X_b, profile.to_dict())
@@ -127,13 +138,25 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profi
             total = n_a * n_b
             if progress:
                 progress("descent", len(done), total)
-            for k, (i, j) in enumerate(todo):
-                if time_budget is not None and time.perf_counter() - t_start > time_budget:
-                    break
-                res = collider.collide_cuts(points.X_a[i], points.X_b[j], tuple(paired))
-                store.add_pairs([PairRow.of(res[c], i, j) for c in paired])
-                if progress:
-                    progress("descent", len(done) + k + 1, total)
+            if executor is None:
+                executor = make_executor("local")
+            if not (net.source.path and os.path.isfile(net.source.path)):
+                executor = SerialExecutor()  # workers load the model from its file
+            job = PairJob(net.source.path, net.source.sha256, profile, points.X_a, points.X_b, tuple(paired))
+
+            def chunks():
+                for k in range(0, len(todo), CHUNK):
+                    if time_budget is not None and time.perf_counter() - t_start > time_budget:
+                        return
+                    yield tuple(todo[k:k + CHUNK])
+
+            n_done = len(done)
+            if todo:
+                for rows in executor.run(job, chunks(), net=net):
+                    store.add_pairs(rows)
+                    n_done += len(rows) // len(paired)
+                    if progress:
+                        progress("descent", n_done, total)
         by_cut = {}
         for cut in cuts:
             if cut in closed:

@@ -30,12 +30,17 @@ class SolverProfile:
     max_iterations: int = 50
     description: str = ""
     source: str = ""
+    #: descent: a second backend (with its options) for cone LPs the first does not solve
+    fallback: str | None = None
+    fallback_options: SolverOptions | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "method": self.method, "backend": self.backend,
                 "time_limit": self.options.time_limit, "rel_gap": self.options.rel_gap,
                 "threads": self.options.threads, "options": dict(self.options.native),
-                "max_iterations": self.max_iterations, "source": self.source}
+                "max_iterations": self.max_iterations, "source": self.source,
+                **({"fallback": self.fallback, "fallback_options": dict(self.fallback_options.native)}
+                   if self.fallback else {})}
 
     def with_overrides(self, overrides: dict[str, Any]) -> SolverProfile:
         """Apply ``key=value`` overrides: portable keys (time_limit, rel_gap, threads,
@@ -74,9 +79,11 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
         raise SolverError(f"solver profile {source}: invalid at {_format_path(e.absolute_path)}: {e.message}")
     opts = SolverOptions(time_limit=doc.get("time_limit"), rel_gap=doc.get("rel_gap"), threads=doc.get("threads"),
                          native=dict(doc.get("options", {})))
+    fb = doc.get("fallback")
     return SolverProfile(name=name, method=doc["method"], backend=doc["backend"], options=opts,
                          max_iterations=int(doc.get("max_iterations", 50)), description=doc.get("description", ""),
-                         source=source)
+                         source=source, fallback=fb["backend"] if fb else None,
+                         fallback_options=SolverOptions(native=dict(fb.get("options", {}))) if fb else None)
 
 
 def _read(text: str, source: str) -> Any:

@@ -56,6 +56,7 @@ class Spec:
     norm: str = "l2"
     cuts: tuple[str, ...] | None = None  # None: all cuts
     solver: str = DEFAULT_SOLVER
+    time_budget: float | None = None
     description: str = ""
     path: str = ""
 
@@ -90,6 +91,8 @@ class Spec:
         d["eps"] = list(self.eps)
         d["cuts"] = "all" if self.cuts is None else list(self.cuts)
         d["solver"] = self.solver
+        if self.time_budget is not None:
+            d["time_budget"] = self.time_budget
         return d
 
 
@@ -150,7 +153,7 @@ def parse_spec(doc: dict, base_dir: Path | str = ".", where: str = "spec") -> Sp
                 eps=tuple(sorted(set(eps))), split=doc.get("split", "train"), selection=sel["method"],
                 seed=sel.get("seed"), scaling=doc.get("scaling", "divide_255"), norm=doc.get("norm", "l2"),
                 cuts=None if cuts == "all" else tuple(cuts), solver=doc.get("solver", DEFAULT_SOLVER),
-                description=doc.get("description", ""), path=where)
+                time_budget=doc.get("time_budget"), description=doc.get("description", ""), path=where)
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -65,6 +65,9 @@ class ConeProblem:
     soc_sizes: tuple[int, ...]
     A: np.ndarray | None = None
     b: np.ndarray | None = None
+    #: optional warm-start information from a previous related solve (solver-specific; a
+    #: backend ignores what it does not understand)
+    hints: dict | None = None
 
     @property
     def n_vars(self) -> int:
@@ -86,6 +89,7 @@ class ConeSolution:
     seconds: float = 0.0
     solver: str = ""
     message: str = ""
+    hints: dict | None = None  # warm-start information for the next related solve
 
     @property
     def ok(self) -> bool:

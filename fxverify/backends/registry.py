@@ -10,6 +10,7 @@ from .base import Backend
 #: name -> "module:Class". Importing a backend module never imports its solver.
 BUILTIN: dict[str, str] = {
     "cvxopt": "fxverify.backends.cvxopt_backend:CvxoptBackend",
+    "activeset": "fxverify.backends.activeset:ActiveSetBackend",
 }
 
 

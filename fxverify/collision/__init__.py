@@ -45,6 +45,7 @@ class Collider:
             self.profile = load_profile(solver, method)
         self.method = self.profile.method
         self._backend = None
+        self._fallback = None
         self.verifier = Verifier(net)
         self._chains: dict[str, Chain] = {}
         self._descents: dict[str, ReluDescent] = {}
@@ -64,11 +65,23 @@ class Collider:
             self._chains[cut] = chain_of(self.net, cut)
         return self._chains[cut]
 
+    @property
+    def fallback(self):
+        """(backend, options) that re-solves cone LPs the main backend fails on, or None."""
+        if self.profile.fallback is None:
+            return None
+        if self._fallback is None:
+            b = get_backend(self.profile.fallback)
+            b.require(Capability.CONE_LP)
+            b.check_options(self.profile.fallback_options)
+            self._fallback = (b, self.profile.fallback_options)
+        return self._fallback
+
     def _descent(self, cut: str) -> ReluDescent:
         if cut not in self._descents:
             self._descents[cut] = ReluDescent(self.chain(cut), self.backend, self.profile.options,
                                               faithful=self.method == "faithful",
-                                              max_iter=self.profile.max_iterations)
+                                              max_iter=self.profile.max_iterations, fallback=self.fallback)
         return self._descents[cut]
 
     # ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg
@@ -65,6 +65,21 @@ class _LP:
     row_point: np.ndarray
     row_unit: np.ndarray
 
+    @property
+    def row_keys(self) -> np.ndarray:
+        """An identity per inequality row that survives pattern changes (for warm starts)."""
+        return ((self.row_type * 64 + self.row_layer) * 2 + self.row_point) * (1 << 32) + self.row_unit
+
+    def warm(self, keys: np.ndarray | None, weight: float | None) -> ConeProblem:
+        """The problem with the previous solve's tight rows (by identity) as solver hints."""
+        if keys is None or keys.size == 0:
+            return self.problem if weight is None else replace(self.problem, hints={"weight": weight})
+        active = np.flatnonzero(np.isin(self.row_keys, keys))
+        hints = {"active": [int(i) for i in active]}
+        if weight is not None:
+            hints["weight"] = weight
+        return replace(self.problem, hints=hints)
+
 
 @dataclass
 class DescentOutcome:
@@ -86,7 +101,7 @@ class ReluDescent:
     """Descent for one ReLU cut; holds what is shared by every pair (SVD, reduced weights)."""
 
     def __init__(self, chain: Chain, backend: Backend, options: SolverOptions, *, faithful: bool = False,
-                 max_iter: int = 50) -> None:
+                 max_iter: int = 50, fallback: tuple[Backend, SolverOptions] | None = None) -> None:
         if chain.kind != "relu":
             raise ValueError(f"ReluDescent needs a ReLU chain, got {chain.kind}")
         self.chain = chain
@@ -94,6 +109,9 @@ class ReluDescent:
         self.options = options
         self.faithful = faithful
         self.max_iter = max_iter
+        self.fallback = fallback
+        self.fallback_solves = 0
+        self._cone_rows = None
         rs = chain.first_svd
         self.V = rs.V  # d x r
         self.r = rs.rank
@@ -191,16 +209,26 @@ class ReluDescent:
                 return None  # inconsistent equalities: no collision with these patterns
             if reduced[0].shape[0]:
                 A, b = reduced
-        # second-order cones (t, a_u) and (t, a_v)
-        soc = np.zeros((2 * (1 + r), n))
-        soc[0, 0] = soc[1 + r, 0] = -1.0
-        soc[1:1 + r, 1:1 + r] = -np.eye(r)
-        soc[2 + r:, 1 + r:] = -np.eye(r)
-        c_obj = np.zeros(n)
-        c_obj[0] = 1.0
+        soc, c_obj = self._cones()
         prob = ConeProblem(c=c_obj, G=np.vstack([G_lin, soc]), h=np.concatenate([h_lin, np.zeros(2 * (1 + r))]),
                            n_linear=G_lin.shape[0], soc_sizes=(1 + r, 1 + r), A=A, b=b)
         return _LP(prob, M[0].astype(np.int64), M[1].astype(np.int64), M[2].astype(np.int64), M[3].astype(np.int64))
+
+    def _cones(self):
+        """The second-order cones (t, a_u), (t, a_v) and the objective (the same in every LP)."""
+        if self._cone_rows is None:
+            r = self.r
+            n = 1 + 2 * r
+            soc = np.zeros((2 * (1 + r), n))
+            soc[0, 0] = soc[1 + r, 0] = -1.0
+            soc[1:1 + r, 1:1 + r] = -np.eye(r)
+            soc[2 + r:, 1 + r:] = -np.eye(r)
+            c_obj = np.zeros(n)
+            c_obj[0] = 1.0
+            soc.flags.writeable = False
+            c_obj.flags.writeable = False
+            self._cone_rows = (soc, c_obj)
+        return self._cone_rows
 
     # ------------------------------------------------------------------ flips -----------
     def _flips(self, lp: _LP, x: np.ndarray, z: np.ndarray, t: float, pat: Patterns):
@@ -245,11 +273,17 @@ class ReluDescent:
         return new
 
     # ------------------------------------------------------------------ the descent -----
-    def solve_lp(self, u, v, pat):
+    def solve_lp(self, u, v, pat, warm: tuple | None = None):
+        """Build and solve the cone LP of ``pat``; ``warm`` = (tight row keys, weight) of the
+        previous solve. A solve that is not optimal is retried with the fallback backend."""
         lp = self.build(u, v, pat)
         if lp is None:
             return None, None
-        return lp, self.backend.solve_cone(lp.problem, self.options)
+        sol = self.backend.solve_cone(lp.warm(*warm) if warm else lp.problem, self.options)
+        if not sol.ok and self.fallback is not None:
+            self.fallback_solves += 1
+            sol = self.fallback[0].solve_cone(lp.problem, self.fallback[1])
+        return lp, sol
 
     def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> DescentOutcome:
         """Descend from each start (pairs of points whose patterns seed the search); keep the best."""
@@ -274,9 +308,10 @@ class ReluDescent:
         out = DescentOutcome(None, None)
         seen = {pat.key()}
         risky_pending = False  # the current pattern came from a risky flip of the best one
+        warm = None
         for it in range(self.max_iter):
             out.iterations = it + 1
-            lp, sol = self.solve_lp(u, v, pat)
+            lp, sol = self.solve_lp(u, v, pat, warm)
             out.lp_solves += lp is not None
             if lp is None or not sol.ok:
                 if not out.found:
@@ -284,6 +319,9 @@ class ReluDescent:
                     out.message = f"cone LP failed at the start: {why}"
                 break  # keep the best point found so far
             x = sol.x
+            if sol.hints is not None:
+                act = np.asarray(sol.hints.get("active", []), dtype=np.int64)
+                warm = (lp.row_keys[act], sol.hints.get("weight"))
             au, av = x[1:1 + self.r], x[1 + self.r:]
             eps = max(float(np.linalg.norm(au)), float(np.linalg.norm(av)))
             out.history.append(eps)

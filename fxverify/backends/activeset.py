@@ -1,0 +1,397 @@
+"""A dual active-set solver for the descent's cone LPs (pure numpy/scipy).
+
+The descent's cone LPs all have one shape:
+
+    minimise t  s.t.  ||x_u|| <= t,  ||x_v|| <= t,  C x <= h,  A x = b      (x = (x_u, x_v))
+
+and at their optimum only a few of the hundreds of sign constraints are tight. By the minimax
+theorem the optimum solves, for the right weight w in (0, 1), the least-norm problem
+
+    minimise  w ||x_u||^2 + (1 - w) ||x_v||^2   s.t.  C x <= h,  A x = b,
+
+and phi(w) = ||x_u(w)||^2 - ||x_v(w)||^2 is non-increasing in w (it is the derivative of the
+concave dual function), so the right w is its root, found by a safeguarded secant search.
+Each least-norm problem is solved by the Goldfarb-Idnani dual active-set method: start from
+the equality-constrained minimum, add the most violated inequality, drop constraints whose
+multiplier would turn negative, with a Cholesky factor of the working set's Gram matrix
+updated row by row. The working set carries over between weights and between solves
+(``ConeProblem.hints``), so a descent step that flips a few ReLUs costs a few row updates.
+
+The duals returned are those of the cone LP (z = QP multiplier / t), so the descent reads
+them exactly as it reads cvxopt's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import scipy.linalg
+
+from .base import Backend, Capability, ConeProblem, ConeSolution, SolverOptions, Termination
+
+
+class _Infeasible(Exception):
+    pass
+
+
+class _Numerical(Exception):
+    pass
+
+
+def _structure(p: ConeProblem):
+    """Check the min-max-norm shape; return (r, C, h, A, b) or None."""
+    n = p.n_vars
+    if len(p.soc_sizes) != 2 or p.soc_sizes[0] != p.soc_sizes[1] or 1 + 2 * (p.soc_sizes[0] - 1) != n:
+        return None
+    r = p.soc_sizes[0] - 1
+    c = np.zeros(n)
+    c[0] = 1.0
+    if not np.array_equal(p.c, c):
+        return None
+    soc = p.G[p.n_linear:]
+    # the cone rows must be -[1 0 0; 0 I 0] and -[1 0 0; 0 0 I]: exactly 2 + 2r nonzeros, all -1,
+    # in the right places
+    if soc.shape != (2 * (1 + r), n) or np.any(p.h[p.n_linear:] != 0) or np.count_nonzero(soc) != 2 + 2 * r:
+        return None
+    ar = np.arange(r)
+    if not (soc[0, 0] == -1 and soc[1 + r, 0] == -1 and np.all(soc[1 + ar, 1 + ar] == -1)
+            and np.all(soc[2 + r + ar, 1 + r + ar] == -1)):
+        return None
+    C, h = p.G[:p.n_linear], p.h[:p.n_linear]
+    if np.any(C[:, 0] != 0) or (p.A is not None and p.A.shape[0] and np.any(p.A[:, 0] != 0)):
+        return None
+    A = p.A[:, 1:] if p.A is not None and p.A.shape[0] else np.zeros((0, 2 * r))
+    b = p.b if p.A is not None and p.A.shape[0] else np.zeros(0)
+    return r, C[:, 1:], h, A, b
+
+
+class _LeastNorm:
+    """Goldfarb-Idnani for  min 1/2 |y|^2  s.t.  rows(y) <= / = rhs, with y = D^(-1/2) x.
+
+    Rows are stored unscaled (in x); the weight w scales the u and v column blocks. Working-set
+    entries: k >= 0 is inequality row k, k < 0 is equality row -1-k."""
+
+    def __init__(self, C, h, A, b, r, tol):
+        self.C, self.h, self.A, self.b, self.r, self.tol = C, h, A, b, r, tol
+        self.Cn = np.linalg.norm(C, axis=1)
+        self.Cn[self.Cn == 0] = 1.0
+        self.n_eq = A.shape[0]
+        self.R = np.vstack([A, C])  # every row, equalities first
+        self.rhs = np.concatenate([b, h])
+
+    def _pos(self, idx) -> np.ndarray:
+        """Positions in self.R of working-set entries."""
+        i = np.asarray(idx, dtype=np.int64)
+        return np.where(i < 0, -1 - i, self.n_eq + i)
+
+    def _scale(self, w):
+        r = self.r
+        return np.concatenate([np.full(r, 1 / math.sqrt(w)), np.full(r, 1 / math.sqrt(1 - w))])
+
+    def _start(self, W, sc):
+        """Equality-constrained minimum on W, dropping inequalities with negative multipliers."""
+        while True:
+            N = self.R[self._pos(W)] * sc if W else np.zeros((0, 2 * self.r))
+            L = scipy.linalg.cholesky(N @ N.T, lower=True) if W else np.zeros((0, 0))
+            pi = -scipy.linalg.cho_solve((L, True), self.rhs[self._pos(W)]) if W else np.zeros(0)
+            neg = (pi < 0) & (np.asarray(W) >= 0)
+            if not neg.any():
+                return W, N, L, pi
+            # any subset of rows with non-negative multipliers is a valid start: drop all
+            # negative ones at once (a warm start after a pattern change has many)
+            W = [i for k, i in enumerate(W) if not neg[k]]
+
+    def solve(self, w: float, start: list[int]):
+        r = self.r
+        sc = self._scale(w)
+        W = [-1 - k for k in range(self.n_eq)] + [i for i in start if i >= 0]
+        try:
+            W, N, L, pi = self._start(W, sc)
+        except np.linalg.LinAlgError:  # a warm-start row depends on the others: start afresh
+            W, N, L, pi = self._start([-1 - k for k in range(self.n_eq)], sc)
+        y = -N.T @ pi if W else np.zeros(2 * r)
+        Cy = self.C * sc  # all inequality rows in y-space
+        inW = np.zeros(len(self.h), dtype=bool)
+        inW[[i for i in W if i >= 0]] = True
+        # working rows and Cholesky factor in buffers that grow by doubling (no copy per step)
+        k = len(W)
+        cap = max(16, 2 * k)
+        Nb = np.zeros((cap, 2 * r))
+        Nb[:k] = N
+        Lb = np.zeros((cap, cap))
+        Lb[:k, :k] = L
+        isineq = np.zeros(cap, dtype=bool)
+        isineq[:k] = np.asarray(W) >= 0
+        for _ in range(10 * (len(self.h) + 10)):
+            s = (Cy @ y - self.h) / self.Cn
+            s[inW] = -np.inf
+            p = int(np.argmax(s)) if s.size else -1
+            if p < 0 or s[p] <= self.tol:
+                return y * sc, W, pi
+            ap = Cy[p]
+            piP = 0.0
+            while True:  # move along constraint p until it is satisfied (full step) or a drop
+                N, L = Nb[:k], Lb[:k, :k]
+                if k:
+                    Nap = N @ ap
+                    rr = scipy.linalg.cho_solve((L, True), Nap, check_finite=False)
+                    z = ap - N.T @ rr
+                else:
+                    rr = np.zeros(0)
+                    z = ap
+                zz = float(z @ z)
+                slack = float(ap @ y - self.h[p])
+                t1 = slack / zz if zz > 1e-14 * float(ap @ ap) else math.inf
+                t2, drop = math.inf, -1
+                if k:
+                    cand = np.flatnonzero((rr > 1e-14) & isineq[:k])
+                    if cand.size:
+                        q = pi[cand] / rr[cand]
+                        j = int(np.argmin(q))
+                        t2, drop = float(q[j]), int(cand[j])
+                if math.isinf(t1) and math.isinf(t2):
+                    raise _Infeasible()
+                step = min(t1, t2)
+                if not math.isinf(t1):
+                    y = y - step * z
+                pi = pi - step * rr
+                piP += step
+                if t1 <= t2:  # full step: p joins the working set
+                    if k == cap:
+                        cap *= 2
+                        Nb2 = np.zeros((cap, 2 * r))
+                        Nb2[:k] = Nb[:k]
+                        Lb2 = np.zeros((cap, cap))
+                        Lb2[:k, :k] = Lb[:k, :k]
+                        isineq = np.concatenate([isineq, np.zeros(cap - isineq.size, dtype=bool)])
+                        Nb, Lb = Nb2, Lb2
+                    if k:
+                        l12 = scipy.linalg.solve_triangular(Lb[:k, :k], Nap, lower=True, check_finite=False)
+                        d = float(ap @ ap - l12 @ l12)
+                        if d <= 1e-12 * float(ap @ ap):
+                            raise _Numerical()
+                        Lb[k, :k] = l12
+                        Lb[k, k] = math.sqrt(d)
+                    else:
+                        Lb[0, 0] = math.sqrt(float(ap @ ap))
+                    Nb[k] = ap
+                    isineq[k] = True
+                    k += 1
+                    W.append(p)
+                    inW[p] = True
+                    pi = np.append(pi, piP)
+                    break
+                # partial step: constraint `drop` leaves the working set
+                inW[W[drop]] = False
+                W.pop(drop)
+                pi = np.delete(pi, drop)
+                Nb[drop:k - 1] = Nb[drop + 1:k]
+                isineq[drop:k - 1] = isineq[drop + 1:k]
+                k -= 1
+                Lb[:k, :k] = scipy.linalg.cholesky(Nb[:k] @ Nb[:k].T, lower=True) if k else 0.0
+                Lb[k:, :] = 0.0
+        raise _Numerical()
+
+    def fixed_set_root(self, W: list[int], w0: float):
+        """With the working set W held fixed (as equalities), the weight where both norms are
+        equal, and the point and multipliers there; None when there is no such weight."""
+        if not W:
+            return None
+        r = self.r
+        Nx = self.R[self._pos(W)]
+        e = self.rhs[self._pos(W)]
+        Ku, Kv = Nx[:, :r] @ Nx[:, :r].T, Nx[:, r:] @ Nx[:, r:].T
+
+        def lam(w):
+            L = scipy.linalg.cholesky(Ku / w + Kv / (1 - w), lower=True)
+            return -scipy.linalg.cho_solve((L, True), e)
+
+        def phi(w):
+            lm = lam(w)
+            return float(lm @ Ku @ lm) / w ** 2 - float(lm @ Kv @ lm) / (1 - w) ** 2
+
+        try:
+            w = _root(phi, w0, 1e-14, 100)
+            if w is None:
+                return None
+            lm = lam(w)
+        except np.linalg.LinAlgError:
+            return None
+        x = np.concatenate([-Nx[:, :r].T @ lm / w, -Nx[:, r:].T @ lm / (1 - w)])
+        return w, x, lm
+
+    def kkt(self, x, W, pi) -> bool:
+        """Is x (with multipliers pi on W) optimal: feasible and dual feasible?"""
+        ineq = np.asarray([k for k, i in enumerate(W) if i >= 0], dtype=np.int64)
+        if ineq.size and np.min(pi[ineq]) < 0:
+            return False
+        s = (self.C @ x - self.h) / self.Cn
+        return not s.size or float(s.max()) <= self.tol
+
+
+def _root(phi, w0, rel_tol, max_steps):
+    """Root of a non-increasing phi on (0, 1): bracket outward from w0, then Illinois."""
+    lo_lim, hi_lim = 1e-9, 1 - 1e-9
+    w = min(max(w0, 1e-6), 1 - 1e-6)
+    f = phi(w)
+    lo = hi = None
+    for _ in range(max_steps):
+        if f > 0:
+            lo = (w, f)
+        else:
+            hi = (w, f)
+        if f == 0:
+            return w
+        if lo is None:
+            if w <= lo_lim:
+                return None
+            w = max(lo_lim, w / 8)
+        elif hi is None:
+            if w >= hi_lim:
+                return None
+            w = min(hi_lim, 1 - (1 - w) / 8)
+        else:
+            if hi[0] - lo[0] <= rel_tol:
+                return lo[0] if abs(lo[1]) < abs(hi[1]) else hi[0]
+            w = hi[0] - hi[1] * (hi[0] - lo[0]) / (hi[1] - lo[1])
+            if not lo[0] < w < hi[0]:
+                w = (lo[0] + hi[0]) / 2
+        prev_side = f > 0
+        f = phi(w)
+        if lo is not None and hi is not None and (f > 0) == prev_side:
+            if f > 0:
+                hi = (hi[0], hi[1] / 2)
+            else:
+                lo = (lo[0], lo[1] / 2)
+    return None
+
+
+class ActiveSetBackend(Backend):
+    name = "activeset"
+    capabilities = frozenset({Capability.CONE_LP})
+    required_modules = ("numpy", "scipy")
+    install_hint = "built in"
+    native_options = frozenset({"tol", "weight_tol", "max_weight_steps"})
+    defaults = {"tol": 1e-10, "weight_tol": 1e-12, "max_weight_steps": 60}
+
+    def version(self) -> str:
+        return "1"
+
+    @staticmethod
+    def _weight_search(phi, w0, opt):
+        """Root of the non-increasing phi on (0, 1): bracket, then Illinois regula falsi.
+        Returns the evaluation with the smallest |phi| (a root at an end is accepted there)."""
+        lo_lim, hi_lim = 1e-9, 1 - 1e-9
+        w = min(max(w0, 1e-6), 1 - 1e-6)
+        f, x, pi = phi(w)
+        best = (abs(f), x, w, pi)
+        lo = hi = None  # (w, f) with f > 0 (root to the right) / f <= 0 (root to the left)
+        scale = max(1e-300, float(x @ x))
+        for _ in range(opt["max_weight_steps"]):
+            if f > 0:
+                lo = (w, f)
+            else:
+                hi = (w, f)
+            if abs(f) <= 1e-12 * scale:
+                break
+            if lo is None:  # every point so far has f <= 0: the root lies closer to 0
+                if w <= lo_lim:
+                    break
+                w = max(lo_lim, w / 8)
+            elif hi is None:
+                if w >= hi_lim:
+                    break
+                w = min(hi_lim, 1 - (1 - w) / 8)
+            else:
+                if hi[0] - lo[0] <= opt["weight_tol"]:
+                    break
+                w = hi[0] - hi[1] * (hi[0] - lo[0]) / (hi[1] - lo[1])
+                if not lo[0] < w < hi[0]:
+                    w = (lo[0] + hi[0]) / 2
+            prev_side = f > 0
+            f, x, pi = phi(w)
+            if abs(f) < best[0]:
+                best = (abs(f), x, w, pi)
+            if lo is not None and hi is not None and (f > 0) == prev_side:
+                # Illinois: halve the value kept at the other end so it cannot stall
+                if f > 0:
+                    hi = (hi[0], hi[1] / 2)
+                else:
+                    lo = (lo[0], lo[1] / 2)
+        _, x, w, pi = best
+        return x, w, pi
+
+    def solve_cone(self, problem: ConeProblem, options: SolverOptions) -> ConeSolution:
+        self.check_options(options)
+        opt = dict(self.defaults)
+        opt.update(options.native)
+        t0 = time.perf_counter()
+        st = _structure(problem)
+        if st is None:
+            return ConeSolution(Termination.ERROR, solver=self.name, seconds=time.perf_counter() - t0,
+                                message="activeset solves only min-max-norm cone LPs")
+        r, C, h, A, b = st
+        hints = problem.hints or {}
+        ln = _LeastNorm(C, h, A, b, r, opt["tol"] * max(1.0, float(np.abs(h).max(initial=0.0))))
+        work = [int(i) for i in hints.get("active", []) if 0 <= int(i) < len(h)]
+        w = float(hints.get("weight", 0.5))
+        calls = 0
+        try:
+            x = None
+            # alternate: the least-norm point at weight w (active-set solve), then the weight
+            # that balances the norms with that working set held fixed; stop when optimal
+            for _ in range(opt["max_weight_steps"]):
+                calls += 1
+                x, work, pi = ln.solve(w, work)
+                f = float(x[:r] @ x[:r] - x[r:] @ x[r:])
+                if abs(f) <= 1e-12 * max(1e-300, float(x @ x)):
+                    break
+                root = ln.fixed_set_root(work, w)
+                if root is None:
+                    x = None
+                    break
+                w2, x2, pi2 = root
+                if ln.kkt(x2, work, pi2):
+                    w, x, pi = w2, x2, pi2
+                    break
+                if abs(w2 - w) <= opt["weight_tol"]:
+                    break
+                w = w2
+            else:
+                x = None
+            if x is None:  # no progress this way: bisect on the weight with full solves
+                sets = {}
+
+                def phi(wt):
+                    nonlocal work, calls
+                    calls += 1
+                    xx, work, pp = ln.solve(wt, work)
+                    sets[wt] = list(work)
+                    return float(xx[:r] @ xx[:r] - xx[r:] @ xx[r:]), xx, pp
+
+                x, w, pi = self._weight_search(phi, w, opt)
+                work = sets[w]
+        except _Infeasible:
+            return ConeSolution(Termination.INFEASIBLE, solver=self.name, seconds=time.perf_counter() - t0,
+                                iterations=calls, message="activeset: constraints inconsistent")
+        except (_Numerical, np.linalg.LinAlgError) as err:
+            return ConeSolution(Termination.NUMERICAL_ERROR, solver=self.name, seconds=time.perf_counter() - t0,
+                                iterations=calls, message=f"activeset: ill-conditioned working set {err}")
+        xu, xv = x[:r], x[r:]
+        t = max(float(np.linalg.norm(xu)), float(np.linalg.norm(xv)))
+        # cone-LP duals: z = QP multiplier / t (QP with weights w, 1 - w)
+        z = np.zeros(problem.G.shape[0])
+        y = np.zeros(problem.n_eq)
+        if t > 0:
+            for k, i in enumerate(work):
+                if i >= 0:
+                    z[i] = pi[k] / t
+                else:
+                    y[-1 - i] = pi[k] / t
+        sol_x = np.concatenate([[t], x])
+        return ConeSolution(Termination.OPTIMAL, x=sol_x, z=z, y=y, objective=t, iterations=calls,
+                            seconds=time.perf_counter() - t0, solver=self.name,
+                            message=f"weight {w:.6g}, {sum(1 for i in work if i >= 0)} tight sign constraints",
+                            hints={"active": [i for i in work if i >= 0], "weight": w})

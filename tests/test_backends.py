@@ -1,0 +1,134 @@
+"""Cone-LP backends: one shared suite runs every available backend on the same instances."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fxverify
+from fxverify.backends.base import Availability, ConeProblem, SolverOptions, Termination
+from fxverify.backends.registry import backend_classes, get_backend
+from fxverify.collision import Collider
+from fxverify.data import load_embedded, select_points
+
+CONE_BACKENDS = ["cvxopt", "activeset"]
+
+
+def _instances():
+    """Real descent LPs of the shipped model at three cuts (midpoint patterns)."""
+    from conftest import MODELS
+
+    net = fxverify.load_model(MODELS / "fcnn_mnist_3v7_benign.onnx")
+    pts = select_points(load_embedded("mnist"), (3, 7), 3)
+    col = Collider(net)
+    out = []
+    for cut in ("relu1", "relu2", "linear3"):
+        d = col._descent(cut)
+        for k in range(2):
+            u, v = pts.X_a[k], pts.X_b[k + 1]
+            mid = (u + v) / 2
+            out.append((cut, d.build(u, v, d.patterns_at(mid, mid))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def instances():
+    return _instances()
+
+
+@pytest.fixture(scope="module")
+def reference(instances):
+    cv = get_backend("cvxopt")
+    return [cv.solve_cone(lp.problem, SolverOptions(native={"kkt": "chol"})) for _, lp in instances]
+
+
+@pytest.mark.parametrize("name", CONE_BACKENDS)
+def test_backend_agrees_with_the_reference_on_real_descent_lps(name, instances, reference):
+    b = get_backend(name)
+    if not b.availability():
+        pytest.skip(f"{name}: {b.availability_detail()}")
+    for (cut, lp), ref in zip(instances, reference):
+        sol = b.solve_cone(lp.problem, SolverOptions())
+        assert sol.ok, (cut, sol.message)
+        assert sol.objective == pytest.approx(ref.objective, rel=1e-7), cut
+        nl = lp.problem.n_linear
+        # duals of the sign constraints, the ones the descent reads, agree
+        np.testing.assert_allclose(sol.z[:nl], ref.z[:nl], atol=2e-5 * max(1.0, np.abs(ref.z[:nl]).max()))
+        # primal feasibility of the returned point
+        x = sol.x
+        assert np.max(lp.problem.G[:nl] @ x - lp.problem.h[:nl]) <= 1e-7
+        if lp.problem.A is not None:
+            assert np.max(np.abs(lp.problem.A @ x - lp.problem.b)) <= 1e-7
+        r = (lp.problem.n_vars - 1) // 2
+        assert max(np.linalg.norm(x[1:1 + r]), np.linalg.norm(x[1 + r:])) <= x[0] * (1 + 1e-9)
+
+
+def test_activeset_warm_start_gives_the_same_optimum(instances, reference):
+    b = get_backend("activeset")
+    for (cut, lp), ref in zip(instances, reference):
+        cold = b.solve_cone(lp.problem, SolverOptions())
+        bad = {"active": list(range(0, lp.problem.n_linear, 7)), "weight": 0.9}  # a poor guess
+        for hints in (cold.hints, bad):
+            warm = b.solve_cone(lp.warm(lp.row_keys[hints["active"]], hints["weight"]), SolverOptions())
+            assert warm.ok and warm.objective == pytest.approx(ref.objective, rel=1e-7), cut
+
+
+def test_activeset_solves_a_figure_1_like_instance_exactly():
+    # min t s.t. ||a|| <= t, ||b|| <= t, a - b = (8, -9) ... collision of (1, 4) and (9, -5) at identity
+    r = 2
+    n = 1 + 2 * r
+    G = np.zeros((2 * (1 + r), n))
+    G[0, 0] = G[1 + r, 0] = -1
+    G[1:1 + r, 1:1 + r] = -np.eye(r)
+    G[2 + r:, 1 + r:] = -np.eye(r)
+    c = np.zeros(n)
+    c[0] = 1
+    A = np.hstack([np.zeros((r, 1)), np.eye(r), -np.eye(r)])
+    b = np.array([8.0, -9.0])
+    p = ConeProblem(c=c, G=G, h=np.zeros(2 * (1 + r)), n_linear=0, soc_sizes=(1 + r, 1 + r), A=A, b=b)
+    sol = get_backend("activeset").solve_cone(p, SolverOptions())
+    assert sol.ok and sol.objective == pytest.approx(math.hypot(8, 9) / 2, rel=1e-12)
+
+
+def test_activeset_refuses_other_problem_shapes_and_reports_infeasible():
+    b = get_backend("activeset")
+    p = ConeProblem(c=np.array([1.0, 0.0]), G=-np.eye(2), h=np.zeros(2), n_linear=2, soc_sizes=())
+    assert b.solve_cone(p, SolverOptions()).termination is Termination.ERROR
+    # sign constraints that contradict each other: a_0 <= -1 and -a_0 <= -1
+    r, n = 1, 3
+    G = np.zeros((2 + 2 * (1 + r), n))
+    G[0, 1], G[1, 1] = 1, -1
+    soc = np.zeros((2 * (1 + r), n))
+    soc[0, 0] = soc[1 + r, 0] = -1
+    soc[1, 1] = soc[3, 2] = -1
+    G[2:] = soc
+    p = ConeProblem(c=np.array([1.0, 0, 0]), G=G, h=np.array([-1.0, -1.0, 0, 0, 0, 0]), n_linear=2,
+                    soc_sizes=(2, 2))
+    assert b.solve_cone(p, SolverOptions()).termination is Termination.INFEASIBLE
+
+
+def test_every_builtin_backend_declares_itself():
+    for name, cls in backend_classes().items():
+        b = cls()
+        assert b.name == name and b.capabilities
+        assert isinstance(b.availability(), Availability)
+        assert isinstance(b.availability_detail(), str)
+
+
+def test_descent_with_activeset_matches_cvxopt_descent(shipped_model):
+    net = fxverify.load_model(shipped_model)
+    pts = select_points(load_embedded("mnist"), (3, 7), 2)
+    cuts = ("relu1", "relu2", "linear3")
+    fast, ref = Collider(net, "descent-activeset"), Collider(net, "descent-cvxopt")
+    diffs = []
+    for i, j in [(0, 0), (1, 1)]:
+        a = fast.collide_cuts(pts.X_a[i], pts.X_b[j], cuts)
+        b = ref.collide_cuts(pts.X_a[i], pts.X_b[j], cuts)
+        for c in cuts:
+            assert a[c].verified and b[c].verified
+            diffs.append((a[c].eps - b[c].eps) / b[c].eps)
+    print("relative eps differences activeset - cvxopt:", np.round(diffs, 5))
+    # same method, different LP solver: the paths may part on near-ties, not by much
+    assert max(abs(d) for d in diffs) < 0.02
