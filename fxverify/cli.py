@@ -164,6 +164,9 @@ def collide(model: ModelArg, spec: SpecOpt,
             method: Annotated[Optional[str], typer.Option("--method", help="descent, faithful, closed_form or "
                                                           "exact (default: the solver profile's).")] = None,
             solver: SolverOpt = None,
+            check_solver: Annotated[Optional[str], typer.Option("--check-solver", help="Re-solve the descent's "
+                                                                "final cone LP with this backend and report the "
+                                                                "difference.", show_default=False)] = None,
             as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the collision points).")] = False
             ) -> None:
     """Find and verify the collision of one cross-class pair at one cut."""
@@ -175,7 +178,11 @@ def collide(model: ModelArg, spec: SpecOpt,
     if not (0 <= i < len(points.X_a) and 0 <= j < len(points.X_b)):
         raise SpecError(f"--pair {i} {j} is out of range: the spec selects {len(points.X_a)} points of class "
                         f"{points.classes[0]} and {len(points.X_b)} of class {points.classes[1]}")
-    col = Collider(net, profile, method)
+    if method == "exact" and solver is None and profile.method != "exact":
+        from .profiles import load_profile
+
+        profile = load_profile("exact-scip")
+    col = Collider(net, profile, method, check_solver=check_solver)
     net.cut_index(cut)
     if col.method == "descent":
         chain = col.collide_cuts(points.X_a[i], points.X_b[j], net.cuts[: net.cut_index(cut) + 1])
@@ -185,7 +192,9 @@ def collide(model: ModelArg, spec: SpecOpt,
     if as_json:
         out = {c: {"status": r.status.value, "eps": r.eps, "verified": r.verified, "method": r.method,
                    "solver": r.solver, "iterations": r.iterations, "seconds": r.seconds, "residual": r.residual,
-                   "residual_onnx": r.residual_onnx, "message": r.message} for c, r in chain.items()}
+                   "residual_onnx": r.residual_onnx, "eps_lower": r.eps_lower, "termination": r.termination,
+                   "check_solver": r.check_solver, "check_eps": r.check_eps, "message": r.message}
+               for c, r in chain.items()}
         out[cut]["u_adv"] = None if res.u_adv is None else res.u_adv.tolist()
         out[cut]["v_adv"] = None if res.v_adv is None else res.v_adv.tolist()
         print(json.dumps({"pair": [i, j], "classes": list(points.classes),
@@ -203,6 +212,89 @@ def collide(model: ModelArg, spec: SpecOpt,
     con.print(t)
     verdict = "verified collision" if res.verified else "no verified collision"
     con.print(f"{cut}: {verdict}, eps = {res.eps:.6f}")
+    if res.method == "exact" and res.termination:
+        con.print(f"exact: {res.termination}; proven eps* >= {res.eps_lower:.6f}, eps* <= {res.eps:.6f}")
+    if res.check_solver:
+        con.print(f"check by {res.check_solver}: eps {res.check_eps:.9g} (difference {res.check_difference:+.2e})")
+
+
+@app.command()
+@user_errors
+def solvers(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the solver backends (built-in and plugins) with availability and version, and the profiles."""
+    import warnings
+
+    from .backends.registry import discover
+    from .profiles import builtin_profiles
+
+    classes, broken = discover()
+    rows = []
+    for name, cls in sorted(classes.items()):
+        b = cls()
+        a = b.availability()
+        rows.append({"name": name, "capabilities": sorted(c.value for c in cls.capabilities),
+                     "availability": a.name.lower().replace("_", " "), "usable": bool(a), "version": b.version(),
+                     "detail": b.availability_detail(), "class": f"{cls.__module__}:{cls.__qualname__}"})
+    if as_json:
+        print(json.dumps({"backends": rows, "broken_plugins": [vars(b) for b in broken],
+                          "profiles": sorted(builtin_profiles())}, indent=2))
+        return
+    for b in broken:
+        warnings.warn(f"solver plugin {b.name!r} ({b.target}) could not be loaded: {b.reason}", stacklevel=1)
+    con = _console()
+    t = Table(show_edge=False, header_style="bold")
+    for col_name in ("backend", "capabilities", "availability", "version", "detail"):
+        t.add_column(col_name)
+    for r in rows:
+        colour = "green" if r["availability"] == "full" else ("yellow" if r["usable"] else "red")
+        t.add_row(r["name"], ", ".join(r["capabilities"]), f"[{colour}]{r['availability']}[/{colour}]", r["version"],
+                  escape(r["detail"]))
+    con.print(t)
+    con.print("profiles: " + ", ".join(sorted(builtin_profiles())))
+
+
+@app.command()
+@user_errors
+def gap(model: ModelArg, spec: SpecOpt,
+        cut: Annotated[str, typer.Option("--cut", help="A ReLU cut (see `fxverify inspect`).")],
+        pairs: Annotated[int, typer.Option("--pairs", min=1, help="Number of cross-class pairs (drawn with a fixed "
+                                           "seed).")] = 10,
+        solver: Annotated[str, typer.Option("--solver", help="Exact solver profile or backend (scip, gurobi, "
+                                            "mosek).")] = "exact-scip",
+        descent: Annotated[str, typer.Option("--descent", help="Descent profile to measure.")] = "descent-activeset",
+        time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds per exact solve "
+                                                            "(overrides the profile).", show_default=False)] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: out/gap_MODEL_CUT).",
+                                                    show_default=False)] = None) -> None:
+    """Descent eps against the exact eps* (MIQCP) on N pairs: per-pair gap, times and a summary."""
+    from .gap import gap_study
+    from .profiles import load_profile
+
+    net, sp, points, _, _ = _prepare(model, spec, None)
+    exact = load_profile(solver, "exact")
+    if time_limit is not None:
+        exact = exact.with_overrides({"time_limit": time_limit})
+    desc = load_profile(descent, "descent")
+    net.cut_index(cut)
+    with _progress() as report:
+        rep = gap_study(net, points, cut, pairs, exact, desc, progress=report)
+    out = out or Path("out") / f"gap_{model.stem}_{cut}"
+    paths = rep.write(out)
+    con = _console()
+    t = Table(show_edge=False, header_style="bold")
+    for col_name in ("pair", "descent eps", "exact eps*", "proven lower", "status", "rel. gap", "descent s", "exact s"):
+        t.add_column(col_name, justify="right")
+    for r in rep.rows:
+        t.add_row(f"({r.i}, {r.j})", f"{r.descent_eps:.6f}", f"{r.exact_eps:.6f}", f"{r.exact_lower:.6f}",
+                  "exact" if r.solved else r.termination, f"{100 * r.relative_gap:.2f}%", f"{r.descent_seconds:.2f}",
+                  f"{r.exact_seconds:.2f}")
+    con.print(t)
+    s = rep.summary
+    con.print(f"{cut}: {s['pairs']} pairs, eps* proven for {100 * s['fraction_exact']:.0f}%; descent gap mean "
+              f"{100 * s['mean_relative_gap']:.2f}%, max {100 * s['max_relative_gap']:.2f}%, descent optimal on "
+              f"{100 * s['fraction_descent_optimal']:.0f}%; time descent {s['descent_seconds']:.1f} s, exact "
+              f"{s['exact_seconds']:.1f} s")
+    con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
 
 
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for the local "

@@ -159,10 +159,12 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, workers: int | None = None, max_retries: int = 3) -> None:
+    def __init__(self, address: str | None = None, workers: int | None = None, max_retries: int = 3,
+                 runtime_env: dict | None = None) -> None:
         self.address = address
         self.max_retries = max_retries
         self._workers = workers
+        self.runtime_env = runtime_env
 
     @property
     def workers(self) -> int:
@@ -177,9 +179,11 @@ class RayExecutor:
         if started_here:
             try:
                 if self.address:
-                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                             runtime_env=self.runtime_env)
                 else:
-                    ray.init(num_cpus=self._workers, include_dashboard=False, log_to_driver=False)
+                    ray.init(num_cpus=self._workers, include_dashboard=False, log_to_driver=False,
+                             runtime_env=self.runtime_env)
             except Exception as err:  # ray raises many types; report which address failed
                 raise ExecutorError(f"cannot start or reach Ray at {self.address or 'a local instance'}: "
                                     f"{type(err).__name__}: {err}") from None
@@ -211,8 +215,21 @@ class RayExecutor:
 
 _RAY_WORKERS: dict[str, _Worker] = {}
 
+#: fault injection for tests of worker loss: when set (in the workers' environment) to a file
+#: path that does not exist yet, the first task creates it and kills its own worker process
+KILL_ONCE_ENV = "FXVERIFY_TEST_KILL_WORKER_ONCE"
+
 
 def _ray_task(job: PairJob, chunk: Chunk):
+    marker = os.environ.get(KILL_ONCE_ENV)
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            os._exit(1)  # the worker dies mid-task, as on a lost node
     worker = _RAY_WORKERS.get(job.model_sha256)
     if worker is None or worker.job.profile != job.profile or worker.job.cuts != job.cuts \
             or not np.array_equal(worker.job.X_a, job.X_a) or not np.array_equal(worker.job.X_b, job.X_b):

@@ -39,3 +39,15 @@ class Collision:
     seconds: float = 0.0
     message: str = ""
     objective: float = math.nan  # the solver's value for the budget (diagnostic; eps is what counts)
+    #: exact method: a proven lower bound on eps* (no collision below it; equals eps when solved
+    #: to optimality) and why the exact solver stopped; 0 / "" for the other methods
+    eps_lower: float = 0.0
+    termination: str = ""
+    #: --check-solver: the final pattern's cone LP re-solved by a second backend
+    check_solver: str = ""
+    check_eps: float = math.nan
+
+    @property
+    def check_difference(self) -> float:
+        """check_eps - objective of the descent's final LP (nan without a check)."""
+        return self.check_eps - self.objective

@@ -13,7 +13,7 @@ from fxverify.backends.registry import backend_classes, get_backend
 from fxverify.collision import Collider
 from fxverify.data import load_embedded, select_points
 
-CONE_BACKENDS = ["cvxopt", "activeset"]
+CONE_BACKENDS = ["cvxopt", "activeset", "clarabel"]
 
 
 def _instances():

@@ -185,3 +185,37 @@ def test_bad_spec_and_mismatched_model_exit_2(tmp_path, tiny_model):
     assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, cuts=["relu5"])), "relu5")
     assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path), "--solver", "nonesuch"),
                       "unknown solver 'nonesuch'")
+
+
+def test_solvers_lists_every_backend_with_availability():
+    res = fx("solvers", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    names = {b["name"]: b for b in doc["backends"]}
+    assert {"cvxopt", "activeset", "clarabel", "scip", "gurobi", "mosek"} <= set(names)
+    assert names["cvxopt"]["availability"] == "full" and names["cvxopt"]["version"]
+    assert names["mosek"]["availability"] in ("full", "not found", "bad license")
+    assert "exact-scip" in doc["profiles"] and "descent-activeset" in doc["profiles"]
+    table = fx("solvers")
+    assert table.returncode == 0 and "activeset" in table.stdout and "profiles:" in table.stdout
+
+
+def test_gap_on_the_tiny_model_writes_json_and_csv(tmp_path, tiny_model):
+    pytest.importorskip("pyscipopt")
+    spec = _small_spec(tmp_path)
+    out = tmp_path / "gap"
+    res = fx("gap", tiny_model, "--spec", spec, "--cut", "relu1", "--pairs", 2, "--out", out)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "gap.json").read_text())
+    assert doc["summary"]["pairs"] == 2 and doc["summary"]["fraction_exact"] == 1.0
+    for r in doc["pairs"]:
+        assert r["solved"] and r["descent_eps"] >= r["exact_eps"] - 1e-6 and r["exact_lower"] <= r["exact_eps"]
+    assert (out / "gap.csv").read_text().count("\n") == 3
+    assert "descent gap mean" in res.stdout
+
+
+def test_exact_with_an_unusable_solver_is_one_error_line(tmp_path, tiny_model):
+    spec = _small_spec(tmp_path)
+    res = fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 0, 0, "--method", "exact",
+             "--solver", "cvxopt")
+    assert_user_error(res, "cannot solve the exact MIQCP")

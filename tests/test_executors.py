@@ -103,3 +103,24 @@ def test_compute_distances_with_a_pool_equals_serial(job, tmp_path):
     p = compute_distances(net, pts, net.cuts, prof, tmp_path / "p", executor=ProcessExecutor(2))
     for c in net.cuts:
         np.testing.assert_array_equal(s.by_cut[c].eps, p.by_cut[c].eps)
+
+
+def _ray_or_skip():
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.skip("ray is not installed (pip install 'fxverify[ray]')")
+
+
+def test_ray_executor_on_a_local_instance_survives_a_dead_worker(job, tmp_path):
+    _ray_or_skip()
+    from fxverify.executors import KILL_ONCE_ENV, RayExecutor
+
+    net, jb = job
+    serial = _rows(SerialExecutor(), jb, net)
+    marker = tmp_path / "killed-once"
+    ex = RayExecutor(workers=2, runtime_env={"env_vars": {KILL_ONCE_ENV: str(marker)}})
+    rayed = _rows(ex, jb)
+    assert marker.exists()  # a worker did die mid-task; its task ran again elsewhere
+    assert rayed == serial
+

@@ -46,6 +46,7 @@ class Availability(enum.IntEnum):
 
 class Capability(str, enum.Enum):
     CONE_LP = "cone LP with duals"  # linear objective, linear + second-order-cone constraints, duals
+    CONE_LP_PRIMAL = "cone LP (primal only)"  # the same problems, no duals (checks, not descent)
     MIQCP = "MIQCP"  # mixed-integer with quadratic / second-order-cone constraints
     MILP = "MILP"
 
@@ -149,3 +150,20 @@ class Backend:
 
     def solve_cone(self, problem: ConeProblem, options: SolverOptions) -> ConeSolution:
         raise SolverError(f"backend {self.name!r} cannot solve cone LPs")
+
+    def solve_model(self, model, options: SolverOptions) -> MipResult:
+        """Solve a solver-neutral Pyomo model (MIQCP backends)."""
+        raise SolverError(f"backend {self.name!r} cannot solve mixed-integer models")
+
+
+@dataclass(frozen=True)
+class MipResult:
+    """A MIQCP solve: why it stopped, apart from what the incumbent and bound are worth."""
+
+    termination: Termination
+    has_incumbent: bool
+    incumbent: float = float("nan")  # objective of the best point found (loaded into the model)
+    bound: float = float("-inf")  # proven bound on the optimum
+    seconds: float = 0.0
+    nodes: int = 0
+    message: str = ""

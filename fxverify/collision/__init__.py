@@ -20,9 +20,11 @@ import time
 
 import numpy as np
 
-from ..backends.base import Capability
+from dataclasses import replace
+
+from ..backends.base import Capability, SolverOptions, Termination
 from ..backends.registry import get_backend
-from ..errors import CutError, DataError
+from ..errors import CutError, DataError, SolverError
 from ..ir import Network
 from ..profiles import SolverProfile, load_profile
 from ..results import Collision, CollisionStatus
@@ -37,7 +39,8 @@ __all__ = ["Collider", "collide", "Collision", "CollisionStatus"]
 class Collider:
     """Finds and verifies collisions for one network with one solver profile."""
 
-    def __init__(self, net: Network, solver: str | SolverProfile | None = None, method: str | None = None) -> None:
+    def __init__(self, net: Network, solver: str | SolverProfile | None = None, method: str | None = None,
+                 check_solver: str | None = None) -> None:
         self.net = net
         if isinstance(solver, SolverProfile):
             self.profile = solver if method is None else solver.with_overrides({"method": method})
@@ -46,6 +49,14 @@ class Collider:
         self.method = self.profile.method
         self._backend = None
         self._fallback = None
+        self._helper: Collider | None = None  # the exact method's descent
+        self.check_backend = None
+        if check_solver is not None:
+            cb = get_backend(check_solver)
+            if Capability.CONE_LP not in cb.capabilities and Capability.CONE_LP_PRIMAL not in cb.capabilities:
+                raise SolverError(f"backend {check_solver!r} cannot solve cone LPs, so it cannot check the descent")
+            cb.require(Capability.CONE_LP if Capability.CONE_LP in cb.capabilities else Capability.CONE_LP_PRIMAL)
+            self.check_backend = cb
         self.verifier = Verifier(net)
         self._chains: dict[str, Chain] = {}
         self._descents: dict[str, ReluDescent] = {}
@@ -54,7 +65,7 @@ class Collider:
     def backend(self):
         if self._backend is None:
             b = get_backend(self.profile.backend)
-            b.require(Capability.CONE_LP)
+            b.require(Capability.MIQCP if self.method == "exact" else Capability.CONE_LP)
             b.check_options(self.profile.options)
             self._backend = b
         return self._backend
@@ -129,7 +140,7 @@ class Collider:
                                  solver=self.profile.name,
                                  message=f"{cut} is a ReLU feature extractor: no closed form (use descent)")
             if self.method == "exact":
-                raise CutError("the exact method is not available yet")
+                return self._exact(cut, u, v, t0)
             d = self._descent(cut)
             mid = (u + v) / 2.0
             starts = [(mid, mid)] if self.method == "faithful" else \
@@ -152,7 +163,60 @@ class Collider:
             return Collision(cut=cut, status=CollisionStatus.FAILED, method=self.method, solver=self.profile.name,
                              iterations=out.lp_solves, seconds=time.perf_counter() - t0,
                              message=out.message or "no collision found")
+        if self.check_backend is not None and out.problem is not None:
+            result = self._check(result, out.problem)
         return result
+
+    def _check(self, result: Collision, problem) -> Collision:
+        """Re-solve the descent's final cone LP with the check backend; record its budget."""
+        sol = self.check_backend.solve_cone(problem, SolverOptions())
+        eps = float(sol.objective) if sol.ok else math.nan
+        note = f"check by {self.check_backend.name}: " + (f"eps {eps:.9g} (difference {eps - result.objective:+.2e})"
+                                                           if sol.ok else f"{sol.termination.value} ({sol.message})")
+        return replace(result, check_solver=self.check_backend.name, check_eps=eps,
+                       message="; ".join(m for m in (result.message, note) if m))
+
+    def _exact(self, cut: str, u: np.ndarray, v: np.ndarray, t0: float) -> Collision:
+        """eps* by the MIQCP, started from (and bounded by) the descent's verified collision."""
+        from ..backends.pyomo_backends import require_solvable
+        from .miqcp import build_exact_model, eps_from_s, model_size
+
+        backend = get_backend(self.profile.backend)
+        require_solvable(backend)
+        if self._helper is None:
+            self._helper = Collider(self.net, "descent-activeset")
+        start = self._helper.collide_cuts(u, v, (cut,))[cut]
+        if start.status is not CollisionStatus.FOUND:
+            return replace(start, method="exact", solver=self.profile.name,
+                           message=f"no descent collision to bound the exact model: {start.message}")
+        d = self._helper._descent(cut)
+        radius = start.eps * (1 + 1e-9) + 1e-12
+        refusal = backend.precheck(*model_size(d.chain, d.V, u, v, radius))
+        if refusal:
+            raise SolverError(refusal)
+        em = build_exact_model(d.chain, d.V, u, v, radius)
+        res = backend.solve_model(em.model, self.profile.options)
+        if res.termination is Termination.ERROR and not res.has_incumbent:
+            raise SolverError(res.message)
+        best = start
+        notes = [f"{em.n_binary} binaries, {em.n_fixed} stable units fixed; {res.message}"]
+        if res.has_incumbent:
+            au, av = em.perturbations()
+            ua, va = u + d.V @ au, v + d.V @ av
+            raw = self._verified(cut, u, v, ua, va, "exact", t0)
+            polished = d.run(u, v, [(ua, va)])  # the incumbent's patterns, solved to LP precision
+            cands = [raw]
+            if polished.found:
+                cands.append(self._verified(cut, u, v, polished.u_adv, polished.v_adv, "exact", t0))
+            for c in cands:
+                if c.status is CollisionStatus.FOUND and c.eps < best.eps:
+                    best = c
+        lower = min(eps_from_s(res.bound), best.eps)
+        if res.termination is Termination.OPTIMAL and self.profile.options.rel_gap is None:
+            notes.append(f"optimal: eps* in [{lower:.9g}, {best.eps:.9g}]")
+        return replace(best, method="exact", solver=self.profile.name, eps_lower=lower,
+                       termination=res.termination.value, iterations=res.nodes, seconds=time.perf_counter() - t0,
+                       message="; ".join(notes))
 
     def collide_cuts(self, u, v, cuts: tuple[str, ...] | None = None) -> dict[str, Collision]:
         """All requested cuts (default: every cut) for one pair, each started from the
@@ -170,14 +234,17 @@ class Collider:
         return {c: out[c] for c in wanted}
 
 
-def collide(network: Network, cut: str, u, v, method: str | None = None, solver: str | None = None) -> Collision:
+def collide(network: Network, cut: str, u, v, method: str | None = None, solver: str | None = None,
+            check_solver: str | None = None) -> Collision:
     """Find and verify a collision of ``u`` and ``v`` at ``cut``.
 
     ``method``: ``descent`` (default), ``faithful``, ``closed_form`` or ``exact``; ``solver``: a
     profile name or file, or a backend name (default: the ``descent-cvxopt`` profile).
     The descent also runs at the shallower cuts, so the result is never worse than theirs.
     """
-    collider = Collider(network, solver, method)
+    if method == "exact" and solver is None:
+        solver = "exact-scip"
+    collider = Collider(network, solver, method, check_solver=check_solver)
     if collider.method == "descent":
         return collider.collide_cuts(u, v, (cut,))[cut]
     return collider.collide(cut, u, v)

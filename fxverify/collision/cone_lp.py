@@ -91,6 +91,7 @@ class DescentOutcome:
     seconds: float = 0.0
     message: str = ""
     history: list[float] = field(default_factory=list)
+    problem: ConeProblem | None = None  # the cone LP of the best pattern (for --check-solver)
 
     @property
     def found(self) -> bool:
@@ -298,6 +299,7 @@ class ReluDescent:
                 messages.append(out.message)
             if out.found and out.objective < best.objective:
                 best.u_adv, best.v_adv, best.objective, best.history = out.u_adv, out.v_adv, out.objective, out.history
+                best.problem = out.problem
             if best.found and not self.faithful:
                 break  # a later start is only a fallback
         best.seconds = time.perf_counter() - t0
@@ -327,6 +329,7 @@ class ReluDescent:
             out.history.append(eps)
             if eps < out.objective * (1 - 1e-9) - 1e-12:
                 out.u_adv, out.v_adv, out.objective = u + self.V @ au, v + self.V @ av, eps
+                out.problem = lp.problem
                 risky_pending = False
             elif self.faithful or risky_pending:
                 break  # no decrease (the paper's stopping rule), or a risky flip did not pay

@@ -1,0 +1,174 @@
+"""End-to-end rate of the main job (`fxverify bound`), extrapolated to the 1000-point study.
+
+Target (issue): all cuts of the regular FCNN for the 1000-point 3v7 set (500 per class,
+250,000 pairs) on a 9-value eps grid in <= 30 min on 2 cores.
+
+Running 250,000 pairs is far beyond a benchmark's time, so this runs the real command line
+
+    python -m fxverify bound MODEL --spec <spec with n_per_class K> --out <tmp> --jobs J
+
+for small K (K^2 pairs each, default K = 10 and 20: 100 and 400 pairs) in a fresh output
+directory, timing the wall clock and the CPU of the child processes (its worker processes
+included). A straight line through the runs, wall = fixed + per_pair x pairs, separates the
+start-up cost (model load and onnxruntime check, worker start) from the per-pair cost; the
+extrapolation to 250,000 pairs uses it. ``results.json`` gives the time of the closed-form cuts
+(input, linear1: all pairs at once) and the summed per-collision seconds of the descent cuts.
+
+For comparison, the same solver profile then runs in this process (BLAS on one thread) on the
+first pairs of the largest run, ``Collider.collide_cuts`` at the descent cuts only: the ratio of
+the command's marginal CPU per pair to it is the overhead of the pipeline (workers, store,
+verification is in both).
+"""
+
+from __future__ import annotations
+
+import _common  # noqa: F401  (sets one BLAS thread for the children too, through the environment)
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_PAIRS = 250_000
+TARGET_SECONDS = 30 * 60
+
+
+def child_cpu() -> float:
+    """CPU seconds (user + system) of every waited-for child process so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_bound(model: str, spec: dict, k: int, jobs: int, solver: str | None, work: Path) -> dict:
+    """One `fxverify bound` run on the first k images per class; returns its figures."""
+    spec = dict(spec, n_per_class=k)
+    spec_path = work / f"spec_k{k}.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    out = work / f"out_k{k}"
+    cmd = [sys.executable, "-m", "fxverify", "bound", model, "--spec", str(spec_path), "--out", str(out),
+           "--jobs", str(jobs)] + (["--solver", solver] if solver else [])
+    c0, w0 = child_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - w0, child_cpu() - c0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"error: `{' '.join(cmd)}` exited with {proc.returncode}")
+    doc = json.loads((out / "results.json").read_text())
+    closed = sum(c["solver_seconds"] for c in doc["cuts"] if c["method"] == "closed_form")
+    descent = sum(c["solver_seconds"] for c in doc["cuts"] if c["method"] != "closed_form")
+    return {"k": k, "pairs": k * k, "wall": wall, "cpu": cpu, "analysis_seconds": doc["seconds"],
+            "closed_form_seconds": closed, "descent_seconds": descent, "complete": doc["complete"],
+            "failed": sum(c["pairs_failed"] for c in doc["cuts"]), "solver": doc["solver"]["name"],
+            "cuts": [c["cut"] for c in doc["cuts"]], "eps": doc["spec"]["eps"], "cmd": " ".join(cmd)}
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares line y = fixed + slope * x; one point: the line through the origin."""
+    if len(xs) < 2:
+        return 0.0, ys[0] / xs[0]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
+def inprocess_cpu_per_pair(model: str, spec: dict, k: int, pairs: int, solver: str | None) -> tuple[float, int]:
+    """CPU seconds per pair of collide_cuts at the descent cuts, in this process, on the first
+    ``pairs`` pairs (row-major, like the pipeline) of the first k images per class."""
+    limiter = _common.pin_blas()  # noqa: F841  (keeps BLAS on one thread)
+    import fxverify
+    from fxverify.collision import Collider
+    from fxverify.spec import parse_spec
+
+    sp = parse_spec(dict(spec, n_per_class=k))
+    net = fxverify.load_model(model)
+    pts = sp.load_points()
+    col = Collider(net, solver or sp.solver)
+    cuts = tuple(c for c in sp.resolve_cuts(net) if col.chain(c).kind not in ("identity", "affine"))
+    todo = [(i, j) for i in range(k) for j in range(k)][:pairs]
+    col.collide_cuts(pts.X_a[-1], pts.X_b[-1], cuts)  # warm-up: backend imports, SVDs
+    with _common.timed() as t:
+        for i, j in todo:
+            col.collide_cuts(pts.X_a[i], pts.X_b[j], cuts)
+    return t.cpu / len(todo), len(todo)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(_common.ROOT / "models/fcnn_mnist_3v7_benign.onnx"))
+    ap.add_argument("--spec", default=str(_common.ROOT / "specs/mnist_3v7.json"),
+                    help="base spec (its eps grid, data and solver; n_per_class is replaced)")
+    ap.add_argument("--k", type=int, nargs="+", default=[10, 20], help="points per class of each run")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--solver", default=None, help="solver profile (default: the spec's)")
+    ap.add_argument("--inprocess-pairs", type=int, default=40,
+                    help="pairs run in this process for the overhead ratio (0: skip)")
+    ap.add_argument("--keep", help="keep the specs and output directories under this directory")
+    args = ap.parse_args()
+
+    _common.header("bench_scale: `fxverify bound` end to end, extrapolated to 250,000 pairs")
+    base = json.loads(Path(args.spec).read_text())
+    spec_dir = Path(args.spec).resolve().parent
+    for key, value in base["data"].items():  # a relative data path is relative to the base spec
+        if key != "embedded" and not os.path.isabs(value):
+            base["data"][key] = str(spec_dir / value)
+
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="bench_scale_")
+    work = Path(args.keep) if args.keep else Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    runs = []
+    try:
+        for k in args.k:
+            runs.append(run_bound(args.model, base, k, args.jobs, args.solver, work))
+            r = runs[-1]
+            print(f"  K = {k}: {r['pairs']} pairs in {r['wall']:.1f} s wall", flush=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"\ncommand (per run): {runs[0]['cmd']}")
+    print(f"solver profile {runs[0]['solver']}; cuts {', '.join(runs[0]['cuts'])}; "
+          f"{len(runs[0]['eps'])} eps values {runs[0]['eps']}\n")
+
+    rows = []
+    for r in runs:
+        rows.append([r["k"], r["pairs"], f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['pairs'] / r['wall']:.2f}",
+                     f"{r['analysis_seconds']:.1f}", f"{r['closed_form_seconds']:.2f}", f"{r['descent_seconds']:.1f}",
+                     f"{r['descent_seconds'] / r['pairs']:.3f}", r["failed"], "yes" if r["complete"] else "NO"])
+    print("Per run (wall: the whole command; CPU: all its processes; closed form / descent: seconds from "
+          "results.json, descent summed over pairs and workers):")
+    print(_common.table(["K", "pairs", "wall s", "CPU s", "pairs/s", "analysis s", "closed-form s", "descent s",
+                         "descent s/pair", "failed", "complete"], rows))
+
+    # straight lines wall = fixed + per_pair * pairs (and the same for CPU) through the runs
+    wall_fixed, wall_pp = fit([r["pairs"] for r in runs], [r["wall"] for r in runs])
+    cpu_fixed, cpu_pp = fit([r["pairs"] for r in runs], [r["cpu"] for r in runs])
+    total = wall_fixed + wall_pp * TARGET_PAIRS
+    last = runs[-1]
+    share = last["closed_form_seconds"] / (last["closed_form_seconds"] + last["descent_seconds"])
+    print(f"\nfit: wall = {wall_fixed:.1f} s + {wall_pp:.4f} s x pairs  ->  {1 / wall_pp:.2f} pairs/s marginal "
+          f"with {args.jobs} jobs")
+    print(f"fit: CPU  = {cpu_fixed:.1f} s + {cpu_pp:.4f} s x pairs  ->  {1 / cpu_pp:.2f} pairs per CPU-second "
+          f"(wall per pair x jobs / CPU per pair = {wall_pp * args.jobs / cpu_pp:.2f})")
+    print(f"closed-form cuts: {share:.2%} of the collision seconds at K = {last['k']} (the rest is descent)")
+    if args.inprocess_pairs > 0:
+        inproc, m = inprocess_cpu_per_pair(args.model, base, last["k"], args.inprocess_pairs, args.solver)
+        print(f"in this process, the first {m} pairs of K = {last['k']}: {inproc:.4f} CPU s/pair at the descent cuts; "
+              f"the command's marginal CPU per pair is {cpu_pp / inproc:.2f}x that")
+    print(f"\nTarget: {TARGET_PAIRS:,} pairs, all cuts, 9 eps values in <= {TARGET_SECONDS / 60:.0f} min on 2 cores "
+          f"(needs {TARGET_PAIRS / TARGET_SECONDS:.1f} pairs/s)")
+    verdict = "MET" if total <= TARGET_SECONDS else "NOT MET"
+    print(f"  extrapolated: {total:,.0f} s = {total / 3600:.2f} h -> {verdict} "
+          f"({total / TARGET_SECONDS:.1f}x the target)")
+    print(f"  with {args.jobs} cores fully used at the measured CPU cost: {cpu_pp * TARGET_PAIRS / args.jobs:,.0f} s = "
+          f"{cpu_pp * TARGET_PAIRS / args.jobs / 3600:.2f} h; the target needs <= "
+          f"{TARGET_SECONDS * args.jobs / TARGET_PAIRS * 1000:.1f} ms CPU per pair (measured {cpu_pp * 1000:.0f} ms, "
+          f"{cpu_pp * TARGET_PAIRS / args.jobs / TARGET_SECONDS:.0f}x more)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
