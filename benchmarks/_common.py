@@ -106,6 +106,19 @@ def timed():
         t.wall = time.perf_counter() - w0
 
 
+def system_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all processes, from /proc/stat);
+    the difference over a run minus the run's own CPU is what other processes took meanwhile.
+    NaN where /proc/stat is not available."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
     """A plain-text table; ``align``: one 'l' or 'r' per column (default: first left, rest right)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]

@@ -112,14 +112,37 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory 
                                                 show_default=False)]
 
 
-def _prepare(model: Path, spec_path: Path, solver: str | None):
-    """Load and cross-check model, spec, data and solver profile."""
+SolverOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--solver-option", "-o", help="Override a profile option, KEY=VALUE (repeatable): time_limit, rel_gap, threads, "
+    "max_iterations, or a backend option; VALUE is read as JSON when it parses (numbers, true/false), else text.",
+    show_default=False)]
+
+
+def _overrides(items: list[str] | None) -> dict:
+    from .errors import SolverError
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SolverError(f"--solver-option {item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _prepare(model: Path, spec_path: Path, solver: str | None, options: list[str] | None = None):
+    """Load and cross-check model, spec, data and solver profile (with CLI overrides)."""
     from .onnx_import import load_model
     from .profiles import load_profile
     from .spec import check_compatible, load_spec
 
     spec = load_spec(spec_path)
     profile = load_profile(solver or spec.solver)
+    if options:
+        profile = profile.with_overrides(_overrides(options))
     net = load_model(model)
     points = spec.load_points()
     check_compatible(points, net, spec)
@@ -164,6 +187,7 @@ def collide(model: ModelArg, spec: SpecOpt,
             method: Annotated[Optional[str], typer.Option("--method", help="descent, faithful, closed_form or "
                                                           "exact (default: the solver profile's).")] = None,
             solver: SolverOpt = None,
+            solver_option: SolverOptionOpt = None,
             check_solver: Annotated[Optional[str], typer.Option("--check-solver", help="Re-solve the descent's "
                                                                 "final cone LP with this backend and report the "
                                                                 "difference.", show_default=False)] = None,
@@ -173,7 +197,7 @@ def collide(model: ModelArg, spec: SpecOpt,
     from .collision import Collider
     from .errors import SpecError
 
-    net, sp, points, _, profile = _prepare(model, spec, solver)
+    net, sp, points, _, profile = _prepare(model, spec, solver, solver_option)
     i, j = pair
     if not (0 <= i < len(points.X_a) and 0 <= j < len(points.X_b)):
         raise SpecError(f"--pair {i} {j} is out of range: the spec selects {len(points.X_a)} points of class "
@@ -264,6 +288,7 @@ def gap(model: ModelArg, spec: SpecOpt,
         descent: Annotated[str, typer.Option("--descent", help="Descent profile to measure.")] = "descent-activeset",
         time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds per exact solve "
                                                             "(overrides the profile).", show_default=False)] = None,
+        solver_option: SolverOptionOpt = None,
         out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: out/gap_MODEL_CUT).",
                                                     show_default=False)] = None) -> None:
     """Descent eps against the exact eps* (MIQCP) on N pairs: per-pair gap, times and a summary."""
@@ -272,6 +297,8 @@ def gap(model: ModelArg, spec: SpecOpt,
 
     net, sp, points, _, _ = _prepare(model, spec, None)
     exact = load_profile(solver, "exact")
+    if solver_option:
+        exact = exact.with_overrides(_overrides(solver_option))
     if time_limit is not None:
         exact = exact.with_overrides({"time_limit": time_limit})
     desc = load_profile(descent, "descent")
@@ -324,12 +351,13 @@ def _print_distances(d, con) -> None:
 def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
               time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting new pairs "
                                                                    "after this many seconds.")] = None,
-              jobs: JobsOpt = None, executor: ExecutorOpt = "local", address: AddressOpt = None) -> None:
+              jobs: JobsOpt = None, executor: ExecutorOpt = "local", address: AddressOpt = None,
+              solver_option: SolverOptionOpt = None) -> None:
     """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
     from .executors import make_executor
     from .pipeline import compute_distances
 
-    net, sp, points, cuts, profile = _prepare(model, spec, solver)
+    net, sp, points, cuts, profile = _prepare(model, spec, solver, solver_option)
     ex = make_executor(executor, jobs=jobs, address=address)
     out = out or _default_out(model, spec)
     with _progress() as report:
@@ -364,13 +392,13 @@ def _print_bounds(a, con) -> None:
 @user_errors
 def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
           time_budget: TimeBudgetOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
-          address: AddressOpt = None) -> None:
+          address: AddressOpt = None, solver_option: SolverOptionOpt = None) -> None:
     """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
     from .analysis import analyze
     from .executors import make_executor
     from .report import write_results
 
-    net, sp, points, cuts, profile = _prepare(model, spec, solver)
+    net, sp, points, cuts, profile = _prepare(model, spec, solver, solver_option)
     ex = make_executor(executor, jobs=jobs, address=address)
     if time_budget is None:
         time_budget = sp.time_budget
@@ -399,7 +427,8 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
             label: Annotated[Optional[list[str]], typer.Option("--label", help="Curve label per model, in order "
                                                                 "(default: file names).")] = None,
             out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("out/compare"),
-            solver: SolverOpt = None, time_budget: TimeBudgetOpt = None) -> None:
+            solver: SolverOpt = None, time_budget: TimeBudgetOpt = None,
+            solver_option: SolverOptionOpt = None) -> None:
     """Plot one cut across several models (e.g. training methods) on the same points and budgets."""
     from .analysis import analyze
     from .errors import SpecError
@@ -413,7 +442,7 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
     results = {}
     with _progress() as report:
         for m, lab in zip(models, labels):
-            net, sp, points, cuts, profile = _prepare(m, spec, solver)
+            net, sp, points, cuts, profile = _prepare(m, spec, solver, solver_option)
             results[lab] = analyze(net, sp, solver=profile, out_dir=out / lab, cuts=(cut,), progress=report,
                                    time_budget=time_budget)
     paths = write_comparison(results, cut, out)

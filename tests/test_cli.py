@@ -219,3 +219,13 @@ def test_exact_with_an_unusable_solver_is_one_error_line(tmp_path, tiny_model):
     res = fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 0, 0, "--method", "exact",
              "--solver", "cvxopt")
     assert_user_error(res, "cannot solve the exact MIQCP")
+
+
+def test_solver_options_override_the_profile_from_the_command_line(tmp_path, tiny_model):
+    spec = _small_spec(tmp_path, solver="descent-cvxopt")
+    ok = fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 0, 0, "-o", "kkt=chol",
+            "-o", "max_iterations=3", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert_user_error(fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 0, 0, "-o", "kkt_typo=1"),
+                      "does not know option(s) kkt_typo")
+    assert_user_error(fx("bound", tiny_model, "--spec", spec, "-o", "novalue"), "is not KEY=VALUE")
