@@ -62,8 +62,8 @@ def run_bound(model: str, spec: dict, k: int, jobs: int, solver: str | None, wor
     doc = json.loads((out / "results.json").read_text())
     closed = sum(c["solver_seconds"] for c in doc["cuts"] if c["method"] == "closed_form")
     descent = sum(c["solver_seconds"] for c in doc["cuts"] if c["method"] != "closed_form")
-    return {"k": k, "pairs": k * k, "wall": wall, "cpu": cpu, "others": max(0.0, others), "analysis_seconds": doc["seconds"],
-            "closed_form_seconds": closed, "descent_seconds": descent, "complete": doc["complete"],
+    return {"k": k, "pairs": k * k, "wall": wall, "cpu": cpu, "others": max(0.0, others),
+            "analysis_seconds": doc["seconds"], "closed_form_seconds": closed, "descent_seconds": descent, "complete": doc["complete"],
             "failed": sum(c["pairs_failed"] for c in doc["cuts"]), "solver": doc["solver"]["name"],
             "cuts": [c["cut"] for c in doc["cuts"]], "eps": doc["spec"]["eps"], "cmd": " ".join(cmd)}
 
@@ -137,39 +137,50 @@ def main() -> int:
     rows = []
     for r in runs:
         rows.append([r["k"], r["pairs"], f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['others'] / r['wall']:.2f}",
-                     f"{r['pairs'] / r['wall']:.2f}",
-                     f"{r['analysis_seconds']:.1f}", f"{r['closed_form_seconds']:.2f}", f"{r['descent_seconds']:.1f}",
+                     f"{r['pairs'] / r['wall']:.2f}", f"{r['analysis_seconds']:.1f}", f"{r['closed_form_seconds']:.2f}", f"{r['descent_seconds']:.1f}",
                      f"{r['descent_seconds'] / r['pairs']:.3f}", r["failed"], "yes" if r["complete"] else "NO"])
     print("Per run (wall: the whole command; CPU: all its processes; other load: cores used by other processes "
           "meanwhile, on average;\nclosed form / descent: seconds from results.json, descent summed over pairs and "
           "workers):")
-    print(_common.table(["K", "pairs", "wall s", "CPU s", "other load", "pairs/s", "analysis s", "closed-form s", "descent s",
-                         "descent s/pair", "failed", "complete"], rows))
+    print(_common.table(["K", "pairs", "wall s", "CPU s", "other load", "pairs/s", "analysis s", "closed-form s",
+                         "descent s", "descent s/pair", "failed", "complete"], rows))
 
-    # straight lines wall = fixed + per_pair * pairs (and the same for CPU) through the runs
-    wall_fixed, wall_pp = fit([r["pairs"] for r in runs], [r["wall"] for r in runs])
-    cpu_fixed, cpu_pp = fit([r["pairs"] for r in runs], [r["cpu"] for r in runs])
-    total = wall_fixed + wall_pp * TARGET_PAIRS
+    # Three extrapolations to TARGET_PAIRS; other processes on a shared machine only slow the
+    # wall-clock ones, so the verdict uses the most favourable of the three.
     last = runs[-1]
+    xs = [r["pairs"] for r in runs]
+    wall_fixed, wall_pp = fit(xs, [r["wall"] for r in runs])
+    cpu_fixed, cpu_pp = fit(xs, [r["cpu"] for r in runs])
+    if cpu_pp <= 0 or len(runs) < 2:  # one run (or nonsense): CPU per pair of the largest run
+        cpu_pp = last["cpu"] / last["pairs"]
+    estimates = {
+        f"rate of the largest run (K = {last['k']}, start-up included)": last["wall"] / last["pairs"] * TARGET_PAIRS,
+        f"CPU per pair / {args.jobs} jobs (cores fully used, no other load)": cpu_pp * TARGET_PAIRS / args.jobs,
+    }
+    if len(runs) >= 2 and wall_fixed >= 0 and wall_pp > 0:
+        estimates["line through the runs (wall = fixed + per pair x pairs)"] = wall_fixed + wall_pp * TARGET_PAIRS
     share = last["closed_form_seconds"] / (last["closed_form_seconds"] + last["descent_seconds"])
-    print(f"\nfit: wall = {wall_fixed:.1f} s + {wall_pp:.4f} s x pairs  ->  {1 / wall_pp:.2f} pairs/s marginal "
-          f"with {args.jobs} jobs")
-    print(f"fit: CPU  = {cpu_fixed:.1f} s + {cpu_pp:.4f} s x pairs  ->  {1 / cpu_pp:.2f} pairs per CPU-second "
-          f"(wall per pair x jobs / CPU per pair = {wall_pp * args.jobs / cpu_pp:.2f})")
+
+    if len(runs) >= 2:
+        note = "" if wall_fixed >= 0 else "  (negative start-up: other load varied between runs; not used)"
+        print(f"\nfit: wall = {wall_fixed:.1f} s + {wall_pp:.4f} s x pairs  ->  {1 / wall_pp:.2f} pairs/s marginal "
+              f"with {args.jobs} jobs{note}")
+        print(f"fit: CPU  = {cpu_fixed:.1f} s + {cpu_pp:.4f} s x pairs  ->  {1 / cpu_pp:.2f} pairs per CPU-second")
     print(f"closed-form cuts: {share:.2%} of the collision seconds at K = {last['k']} (the rest is descent)")
     if args.inprocess_pairs > 0:
         inproc, m = inprocess_cpu_per_pair(args.model, base, last["k"], args.inprocess_pairs, args.solver)
         print(f"in this process, the first {m} pairs of K = {last['k']}: {inproc:.4f} CPU s/pair at the descent cuts; "
-              f"the command's marginal CPU per pair is {cpu_pp / inproc:.2f}x that")
+              f"the command's CPU per pair is {cpu_pp / inproc:.2f}x that")
+
     print(f"\nTarget: {TARGET_PAIRS:,} pairs, all cuts, 9 eps values in <= {TARGET_SECONDS / 60:.0f} min on 2 cores "
-          f"(needs {TARGET_PAIRS / TARGET_SECONDS:.1f} pairs/s)")
-    verdict = "MET" if total <= TARGET_SECONDS else "NOT MET"
-    print(f"  extrapolated: {total:,.0f} s = {total / 3600:.2f} h -> {verdict} "
-          f"({total / TARGET_SECONDS:.1f}x the target)")
-    print(f"  with {args.jobs} cores fully used at the measured CPU cost: {cpu_pp * TARGET_PAIRS / args.jobs:,.0f} s = "
-          f"{cpu_pp * TARGET_PAIRS / args.jobs / 3600:.2f} h; the target needs <= "
-          f"{TARGET_SECONDS * args.jobs / TARGET_PAIRS * 1000:.1f} ms CPU per pair (measured {cpu_pp * 1000:.0f} ms, "
-          f"{cpu_pp * TARGET_PAIRS / args.jobs / TARGET_SECONDS:.0f}x more)")
+          f"(needs {TARGET_PAIRS / TARGET_SECONDS:.1f} pairs/s, i.e. <= "
+          f"{TARGET_SECONDS * args.jobs / TARGET_PAIRS * 1000:.1f} ms CPU per pair on {args.jobs} cores)")
+    print(_common.table(["extrapolation", "seconds", "hours", "/ target"],
+                        [[k, f"{v:,.0f}", f"{v / 3600:.2f}", f"{v / TARGET_SECONDS:.1f}x"]
+                         for k, v in estimates.items()]))
+    best = min(estimates.values())
+    print(f"  -> {'MET' if best <= TARGET_SECONDS else 'NOT MET'}: the most favourable estimate is "
+          f"{best / TARGET_SECONDS:.1f}x the target (measured {cpu_pp * 1000:.0f} ms CPU per pair)")
     return 0
 
 
