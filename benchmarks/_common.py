@@ -4,9 +4,10 @@ Import this module *before* numpy: it sets the BLAS thread variables so that eve
 loaded afterwards starts with one thread, and :func:`pin_blas` then limits the libraries
 already loaded (numpy's OpenBLAS, scipy's, cvxopt's) with threadpoolctl as well.
 
-All speed figures of the benchmarks are ratios of CPU time (``time.process_time``, which counts
+Speed comparisons in the benchmarks are ratios of CPU time (``time.process_time``, which counts
 every thread of this process) measured side by side in one run, so that a shared, noisy
-machine slows the compared methods alike.
+machine slows the compared methods alike. Where a target is an absolute time, :func:`footer`
+also prints how many cores other processes used during the run.
 """
 
 from __future__ import annotations
@@ -80,7 +81,21 @@ def revision() -> str:
     return f"git {head}" + (" + uncommitted changes in fxverify/ or solvers/" if dirty else " (clean)")
 
 
+_START: tuple[float, float, float] | None = None  # (machine busy, own CPU, wall) when header() ran
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its waited-for children."""
+    import resource
+
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
+
+
 def header(title: str) -> None:
+    """Print the title, the command, the machine and the code revision; starts the load meter."""
+    global _START
+    _START = (system_busy(), _own_cpu(), time.perf_counter())
     print(f"== {title}")
     print(f"   command: python {' '.join(sys.argv)}")
     print(f"   machine: {machine()}")
@@ -89,21 +104,31 @@ def header(title: str) -> None:
 
 
 class Timer:
-    """CPU seconds (this process, all threads) and wall seconds of a block."""
+    """CPU seconds (this process, all threads; user + system), wall seconds, and the user and
+    system parts and minor page faults (getrusage) of a block."""
 
     cpu: float = 0.0
     wall: float = 0.0
+    user: float = 0.0
+    sys: float = 0.0
+    faults: int = 0
 
 
 @contextmanager
 def timed():
+    import resource
+
     t = Timer()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     c0, w0 = time.process_time(), time.perf_counter()
     try:
         yield t
     finally:
         t.cpu = time.process_time() - c0
         t.wall = time.perf_counter() - w0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        t.user, t.sys = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+        t.faults = r1.ru_minflt - r0.ru_minflt
 
 
 def system_busy() -> float:
@@ -117,6 +142,16 @@ def system_busy() -> float:
         return float("nan")
     user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def footer() -> None:
+    """Print how busy the machine was with other processes since header() (cores on average):
+    near 0 on a quiet machine; wall-clock figures of a run with a high value are pessimistic."""
+    if _START is None:
+        return
+    busy, cpu, wall = system_busy() - _START[0], _own_cpu() - _START[1], time.perf_counter() - _START[2]
+    print(f"\nrun: {wall:.0f} s wall, {cpu:.0f} s CPU; other processes used {max(0.0, busy - cpu) / wall:.2f} "
+          f"cores on average meanwhile")
 
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:

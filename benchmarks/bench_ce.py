@@ -110,6 +110,7 @@ def main() -> int:
         ok = max(cpu, wall) <= args.target_seconds
         print(f"  eps = {g:g}: {edges:,} edges, {cpu:.2f} s CPU, {wall:.2f} s wall -> {'MET' if ok else 'NOT MET'}"
               f" (with the eps matrix: {cpu + t_eps.cpu:.2f} s CPU)")
+    _common.footer()
     return 0
 
 

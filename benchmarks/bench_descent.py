@@ -37,8 +37,8 @@ import numpy as np
 
 #: the default comparison: the paper's method against the shipped fast descent (the default
 #: profile of the specs). Add descent-cvxopt (``--profiles faithful-cvxopt descent-cvxopt
-#: descent-activeset``) to separate the algorithm from the LP backend; it costs ~10 CPU-s a
-#: pair, so use fewer pairs then to stay within 10 minutes.
+#: descent-activeset``) to separate the algorithm from the LP backend; it costs ~8 CPU-s a
+#: pair, so use fewer pairs then (``--pairs 10``) to stay within 10 minutes.
 PROFILES = ("faithful-cvxopt", "descent-activeset")
 CUTS = ("relu1", "linear2", "relu2", "linear3")
 #: eps counts as "equal or smaller" when eps <= eps_baseline * (1 + REL_TOL)
@@ -110,8 +110,8 @@ def main() -> int:
     print(f"pairs (i, j): {pairs}\n")
 
     # ---- measurements, interleaved: per pair every profile, in an order rotating with the pair
-    full = {p: [] for p in profiles}  # per pair: {"cpu", "cuts": {cut: (eps, seconds, iterations, status)}}
-    alone = {p: [] for p in profiles}  # per pair: (cpu, eps at relu1)
+    full = {p: [] for p in profiles}  # per pair: {"pair", "cpu", "wall", "cuts": {cut: {eps, seconds, ...}}}
+    alone = {p: [] for p in profiles}  # per pair: {"pair", "cpu", "eps" at relu1, "found"}
     for k, (i, j) in enumerate(pairs):
         u, v = pts.X_a[i], pts.X_b[j]
         order = profiles[k % len(profiles):] + profiles[: k % len(profiles)]
@@ -217,6 +217,7 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"pairs": pairs, "cuts": cuts, "full": full, "relu1_alone": alone}, f, indent=1)
         print(f"\nwrote {args.json}")
+    _common.footer()
     return 0
 
 

@@ -9,10 +9,13 @@ Running 250,000 pairs is far beyond a benchmark's time, so this runs the real co
 
 for small K (K^2 pairs each, default K = 10 and 20: 100 and 400 pairs) in a fresh output
 directory, timing the wall clock and the CPU of the child processes (its worker processes
-included). A straight line through the runs, wall = fixed + per_pair x pairs, separates the
-start-up cost (model load and onnxruntime check, worker start) from the per-pair cost; the
-extrapolation to 250,000 pairs uses it. ``results.json`` gives the time of the closed-form cuts
-(input, linear1: all pairs at once) and the summed per-collision seconds of the descent cuts.
+included), and how many cores other processes used meanwhile. Three extrapolations to
+250,000 pairs: the rate of the largest run; a straight line through the runs, wall = fixed +
+per_pair x pairs, which separates the start-up cost (model load and onnxruntime check, worker
+start) from the per-pair cost; and the CPU per pair divided by the jobs (cores fully used, no
+other load). The verdict uses the most favourable of them. ``results.json`` gives the time of
+the closed-form cuts (input, linear1: all pairs at once) and the summed per-collision seconds
+of the descent cuts.
 
 For comparison, the same solver profile then runs in this process (BLAS on one thread) on the
 first pairs of the largest run, ``Collider.collide_cuts`` at the descent cuts only: the ratio of
@@ -63,8 +66,9 @@ def run_bound(model: str, spec: dict, k: int, jobs: int, solver: str | None, wor
     closed = sum(c["solver_seconds"] for c in doc["cuts"] if c["method"] == "closed_form")
     descent = sum(c["solver_seconds"] for c in doc["cuts"] if c["method"] != "closed_form")
     return {"k": k, "pairs": k * k, "wall": wall, "cpu": cpu, "others": max(0.0, others),
-            "analysis_seconds": doc["seconds"], "closed_form_seconds": closed, "descent_seconds": descent, "complete": doc["complete"],
-            "failed": sum(c["pairs_failed"] for c in doc["cuts"]), "solver": doc["solver"]["name"],
+            "analysis_seconds": doc["seconds"], "closed_form_seconds": closed, "descent_seconds": descent,
+            "complete": doc["complete"], "failed": sum(c["pairs_failed"] for c in doc["cuts"]),
+            "solver": doc["solver"]["name"],
             "cuts": [c["cut"] for c in doc["cuts"]], "eps": doc["spec"]["eps"], "cmd": " ".join(cmd)}
 
 
@@ -137,8 +141,9 @@ def main() -> int:
     rows = []
     for r in runs:
         rows.append([r["k"], r["pairs"], f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['others'] / r['wall']:.2f}",
-                     f"{r['pairs'] / r['wall']:.2f}", f"{r['analysis_seconds']:.1f}", f"{r['closed_form_seconds']:.2f}", f"{r['descent_seconds']:.1f}",
-                     f"{r['descent_seconds'] / r['pairs']:.3f}", r["failed"], "yes" if r["complete"] else "NO"])
+                     f"{r['pairs'] / r['wall']:.2f}", f"{r['analysis_seconds']:.1f}", f"{r['closed_form_seconds']:.2f}",
+                     f"{r['descent_seconds']:.1f}", f"{r['descent_seconds'] / r['pairs']:.3f}", r["failed"],
+                     "yes" if r["complete"] else "NO"])
     print("Per run (wall: the whole command; CPU: all its processes; other load: cores used by other processes "
           "meanwhile, on average;\nclosed form / descent: seconds from results.json, descent summed over pairs and "
           "workers):")
@@ -162,7 +167,7 @@ def main() -> int:
     share = last["closed_form_seconds"] / (last["closed_form_seconds"] + last["descent_seconds"])
 
     if len(runs) >= 2:
-        note = "" if wall_fixed >= 0 else "  (negative start-up: other load varied between runs; not used)"
+        note = "" if wall_fixed >= 0 else "  (negative start-up: noise, or the runs' pairs differ in cost; not used)"
         print(f"\nfit: wall = {wall_fixed:.1f} s + {wall_pp:.4f} s x pairs  ->  {1 / wall_pp:.2f} pairs/s marginal "
               f"with {args.jobs} jobs{note}")
         print(f"fit: CPU  = {cpu_fixed:.1f} s + {cpu_pp:.4f} s x pairs  ->  {1 / cpu_pp:.2f} pairs per CPU-second")
@@ -172,7 +177,8 @@ def main() -> int:
         print(f"in this process, the first {m} pairs of K = {last['k']}: {inproc:.4f} CPU s/pair at the descent cuts; "
               f"the command's CPU per pair is {cpu_pp / inproc:.2f}x that")
 
-    print(f"\nTarget: {TARGET_PAIRS:,} pairs, all cuts, 9 eps values in <= {TARGET_SECONDS / 60:.0f} min on 2 cores "
+    print(f"\nTarget: {TARGET_PAIRS:,} pairs, all cuts, {len(last['eps'])} eps values in <= "
+          f"{TARGET_SECONDS / 60:.0f} min on 2 cores "
           f"(needs {TARGET_PAIRS / TARGET_SECONDS:.1f} pairs/s, i.e. <= "
           f"{TARGET_SECONDS * args.jobs / TARGET_PAIRS * 1000:.1f} ms CPU per pair on {args.jobs} cores)")
     print(_common.table(["extrapolation", "seconds", "hours", "/ target"],
@@ -181,6 +187,7 @@ def main() -> int:
     best = min(estimates.values())
     print(f"  -> {'MET' if best <= TARGET_SECONDS else 'NOT MET'}: the most favourable estimate is "
           f"{best / TARGET_SECONDS:.1f}x the target (measured {cpu_pp * 1000:.0f} ms CPU per pair)")
+    _common.footer()
     return 0
 
 
