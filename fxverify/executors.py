@@ -82,6 +82,26 @@ def _one_blas_thread():
     return threadpool_limits(limits=1)
 
 
+def _in_flight(chunks: Iterable[Chunk], limit: int, submit, wait_one, cancel=None) -> Iterator:
+    """Keep at most ``limit`` tasks in flight (so stopping early wastes little); yield each task
+    handle as it finishes. ``wait_one(pending) -> (done, pending)``; ``cancel`` runs on the
+    handles still pending when the consumer stops."""
+    chunks = iter(chunks)
+    pending: list = []
+    try:
+        while True:
+            while len(pending) < limit and (chunk := next(chunks, None)) is not None:
+                pending.append(submit(chunk))
+            if not pending:
+                return
+            done, pending = wait_one(pending)
+            yield from done
+    finally:
+        if cancel is not None:
+            for h in pending:
+                cancel(h)
+
+
 class SerialExecutor:
     """Runs tasks in this process (jobs = 1)."""
 
@@ -126,28 +146,18 @@ class ProcessExecutor:
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        chunks = iter(chunks)
         with cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_process,
                                     initargs=(job,)) as pool:
-            pending: set = set()
-            try:
-                while True:
-                    while len(pending) < 2 * self.workers:  # a bounded queue: stopping early is cheap
-                        chunk = next(chunks, None)
-                        if chunk is None:
-                            break
-                        pending.add(pool.submit(_run_process, chunk))
-                    if not pending:
-                        return
-                    done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for f in done:
-                        try:
-                            yield f.result()
-                        except cf.process.BrokenProcessPool as err:
-                            raise ExecutorError(f"a worker process died: {err}") from None
-            finally:
-                for f in pending:
-                    f.cancel()
+            def wait_one(pending):
+                done, rest = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                return list(done), list(rest)
+
+            for f in _in_flight(chunks, 2 * self.workers, lambda c: pool.submit(_run_process, c), wait_one,
+                                cancel=lambda f: f.cancel()):
+                try:
+                    yield f.result()
+                except cf.process.BrokenProcessPool as err:
+                    raise ExecutorError(f"a worker process died: {err}") from None
 
 
 # -- Ray ------------------------------------------------------------------------------------
@@ -191,23 +201,13 @@ class RayExecutor:
             self._workers = self._workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             job_ref = ray.put(job)
             task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_ray_task)
-            chunks = iter(chunks)
-            pending = []
-            while True:
-                while len(pending) < 2 * self.workers:
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        break
-                    pending.append(task.remote(job_ref, chunk))
-                if not pending:
-                    return
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    try:
-                        yield ray.get(ref)
-                    except ray.exceptions.RayError as err:
-                        raise ExecutorError(f"a Ray task failed after {self.max_retries} retries: "
-                                            f"{type(err).__name__}") from None
+            for ref in _in_flight(chunks, 2 * self.workers, lambda c: task.remote(job_ref, c),
+                                  lambda pending: ray.wait(pending, num_returns=1)):
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    raise ExecutorError(f"a Ray task failed after {self.max_retries} retries: "
+                                        f"{type(err).__name__}") from None
         finally:
             if started_here:
                 ray.shutdown()

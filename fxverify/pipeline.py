@@ -25,7 +25,7 @@ from .data import Points
 from .ir import Network
 from .profiles import SolverProfile
 from .results import CollisionStatus
-from .store import PairRow, ResultStore, fingerprint
+from .store import ResultStore, fingerprint
 
 #: pairs of a closed-form cut re-verified one by one (onnxruntime included) when it is computed
 CLOSED_FORM_SAMPLE = 8

@@ -38,3 +38,16 @@ def save(tmp_path: Path, model: onnx.ModelProto, name: str = "m.onnx") -> Path:
 def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def min_max_norm_cones(r: int) -> tuple[np.ndarray, np.ndarray]:
+    """(G rows, c) of  min t  s.t. ||a_u|| <= t, ||a_v|| <= t  in cvxopt's layout, variables
+    (t, a_u, a_v) with a_u, a_v in R^r; built here independently of fxverify."""
+    n = 1 + 2 * r
+    soc = np.zeros((2 * (1 + r), n))
+    soc[0, 0] = soc[1 + r, 0] = -1
+    soc[1:1 + r, 1:1 + r] = -np.eye(r)
+    soc[2 + r:, 1 + r:] = -np.eye(r)
+    c = np.zeros(n)
+    c[0] = 1
+    return soc, c

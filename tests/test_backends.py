@@ -13,6 +13,8 @@ from fxverify.backends.registry import backend_classes, get_backend
 from fxverify.collision import Collider
 from fxverify.data import load_embedded, select_points
 
+from builders import min_max_norm_cones
+
 CONE_BACKENDS = ["cvxopt", "activeset", "clarabel"]
 
 
@@ -78,13 +80,7 @@ def test_activeset_warm_start_gives_the_same_optimum(instances, reference):
 def test_activeset_solves_a_figure_1_like_instance_exactly():
     # min t s.t. ||a|| <= t, ||b|| <= t, a - b = (8, -9) ... collision of (1, 4) and (9, -5) at identity
     r = 2
-    n = 1 + 2 * r
-    G = np.zeros((2 * (1 + r), n))
-    G[0, 0] = G[1 + r, 0] = -1
-    G[1:1 + r, 1:1 + r] = -np.eye(r)
-    G[2 + r:, 1 + r:] = -np.eye(r)
-    c = np.zeros(n)
-    c[0] = 1
+    G, c = min_max_norm_cones(r)
     A = np.hstack([np.zeros((r, 1)), np.eye(r), -np.eye(r)])
     b = np.array([8.0, -9.0])
     p = ConeProblem(c=c, G=G, h=np.zeros(2 * (1 + r)), n_linear=0, soc_sizes=(1 + r, 1 + r), A=A, b=b)
@@ -97,13 +93,8 @@ def test_activeset_refuses_other_problem_shapes_and_reports_infeasible():
     p = ConeProblem(c=np.array([1.0, 0.0]), G=-np.eye(2), h=np.zeros(2), n_linear=2, soc_sizes=())
     assert b.solve_cone(p, SolverOptions()).termination is Termination.ERROR
     # sign constraints that contradict each other: a_0 <= -1 and -a_0 <= -1
-    r, n = 1, 3
-    G = np.zeros((2 + 2 * (1 + r), n))
-    G[0, 1], G[1, 1] = 1, -1
-    soc = np.zeros((2 * (1 + r), n))
-    soc[0, 0] = soc[1 + r, 0] = -1
-    soc[1, 1] = soc[3, 2] = -1
-    G[2:] = soc
+    soc, _ = min_max_norm_cones(1)
+    G = np.vstack([[[0.0, 1, 0], [0.0, -1, 0]], soc])
     p = ConeProblem(c=np.array([1.0, 0, 0]), G=G, h=np.array([-1.0, -1.0, 0, 0, 0, 0]), n_linear=2,
                     soc_sizes=(2, 2))
     assert b.solve_cone(p, SolverOptions()).termination is Termination.INFEASIBLE

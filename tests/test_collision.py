@@ -18,7 +18,7 @@ from fxverify.collision.closed_form import all_pairs_eps
 from fxverify.collision.cone_lp import _independent_rows
 from fxverify.results import CollisionStatus
 
-from builders import make, save
+from builders import make, min_max_norm_cones, save
 
 
 # ------------------------------------------------------------------ helpers ---------------
@@ -106,12 +106,7 @@ def exact_eps(Ws, bs, u, v, final_affine=False):
             continue  # the equalities have no solution in this region
         Gl = np.vstack(rows)
         hl = np.concatenate(rhs)
-        soc = np.zeros((2 + 2 * d, n))
-        soc[0, 0] = soc[1 + d, 0] = -1
-        soc[1:1 + d, 1:1 + d] = -np.eye(d)
-        soc[2 + d:, 1 + d:] = -np.eye(d)
-        c = np.zeros(n)
-        c[0] = 1
+        soc, c = min_max_norm_cones(d)
         try:
             eq = dict(A=matrix(A), b=matrix(b)) if A.shape[0] else {}
             r = solvers.conelp(matrix(c), matrix(np.vstack([Gl, soc])), matrix(np.concatenate([hl, np.zeros(2 + 2 * d)])),
@@ -154,15 +149,9 @@ def test_input_cut_is_the_midpoint(tmp_path):
 def _generic_affine_eps(W, u, v):
     """min t s.t. |du| <= t, |dv| <= t, W(u + du) = W(v + dv), as a generic cone program."""
     d = W.shape[1]
-    n = 1 + 2 * d
     E = np.hstack([np.zeros((W.shape[0], 1)), W, -W])
     e = W @ (v - u)
-    soc = np.zeros((2 + 2 * d, n))
-    soc[0, 0] = soc[1 + d, 0] = -1
-    soc[1:1 + d, 1:1 + d] = -np.eye(d)
-    soc[2 + d:, 1 + d:] = -np.eye(d)
-    c = np.zeros(n)
-    c[0] = 1
+    soc, c = min_max_norm_cones(d)
     A, b = _orth_equalities(E, e)
     r = solvers.conelp(matrix(c), matrix(soc), matrix(np.zeros(2 + 2 * d)), dims={"l": 0, "q": [1 + d, 1 + d], "s": []},
                        A=matrix(A), b=matrix(b),
@@ -230,13 +219,18 @@ TINY = [  # (input, widths, final_affine)
 ]
 
 
-@pytest.mark.parametrize("d, widths, final", TINY)
-def test_descent_never_beats_exact_enumeration(tmp_path, d, widths, final, capsys):
+def random_tiny_net(tmp_path, d, widths, final):
+    """A seeded random ReLU net of ``TINY``'s shape: (rng for the points, weights, biases, network)."""
     rng = np.random.default_rng(sum(widths) * 7 + d)
     dims = (d,) + widths + ((2,) if final else ())
     Ws = [rng.standard_normal((dims[k + 1], dims[k])) for k in range(len(dims) - 1)]
     bs = [rng.standard_normal(dims[k + 1]) * 0.5 for k in range(len(dims) - 1)]
-    net = fcnn(tmp_path, Ws, bs, final_affine=final)
+    return rng, Ws, bs, fcnn(tmp_path, Ws, bs, final_affine=final)
+
+
+@pytest.mark.parametrize("d, widths, final", TINY)
+def test_descent_never_beats_exact_enumeration(tmp_path, d, widths, final, capsys):
+    rng, Ws, bs, net = random_tiny_net(tmp_path, d, widths, final)
     cut = net.cuts[-1]
     col = Collider(net)
     gaps = []

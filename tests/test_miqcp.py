@@ -17,7 +17,7 @@ from fxverify.collision.miqcp import preactivation_bounds
 from fxverify.errors import SolverError
 from fxverify.results import CollisionStatus
 
-from test_collision import TINY, exact_eps, fcnn
+from test_collision import TINY, exact_eps, fcnn, random_tiny_net
 
 EXACT = ["scip", "gurobi"]
 
@@ -33,11 +33,7 @@ def _usable(name):
 @pytest.mark.parametrize("d, widths, final", TINY[::2] + [TINY[-1]])
 def test_exact_equals_enumeration_and_descent_is_never_below(tmp_path, name, d, widths, final, capsys):
     _usable(name)
-    rng = np.random.default_rng(sum(widths) * 7 + d)
-    dims = (d,) + widths + ((2,) if final else ())
-    Ws = [rng.standard_normal((dims[k + 1], dims[k])) for k in range(len(dims) - 1)]
-    bs = [rng.standard_normal(dims[k + 1]) * 0.5 for k in range(len(dims) - 1)]
-    net = fcnn(tmp_path, Ws, bs, final_affine=final)
+    rng, Ws, bs, net = random_tiny_net(tmp_path, d, widths, final)
     cut = net.cuts[-1]
     ex, de = Collider(net, name, "exact"), Collider(net)
     gaps = []

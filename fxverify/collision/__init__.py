@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from ..backends.base import Capability, SolverOptions, Termination
 from ..backends.registry import get_backend
-from ..errors import CutError, DataError, SolverError
+from ..errors import DataError, SolverError
 from ..ir import Network
 from ..profiles import SolverProfile, load_profile
 from ..results import Collision, CollisionStatus
@@ -181,8 +181,11 @@ class Collider:
         from ..backends.pyomo_backends import require_solvable
         from .miqcp import build_exact_model, eps_from_s, model_size
 
-        backend = get_backend(self.profile.backend)
-        require_solvable(backend)
+        if self._backend is None:  # once per collider: discovering backends reads entry points
+            b = get_backend(self.profile.backend)
+            require_solvable(b)
+            self._backend = b
+        backend = self._backend
         if self._helper is None:
             self._helper = Collider(self.net, "descent-activeset")
         start = self._helper.collide_cuts(u, v, (cut,))[cut]
