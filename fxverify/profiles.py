@@ -19,6 +19,7 @@ from .errors import SolverError
 
 DEFAULT_PROFILE = "descent-cvxopt"
 METHODS = ("closed_form", "descent", "faithful", "exact")
+STARTS = ("midpoint", "shallower")
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,20 @@ class SolverProfile:
     #: descent: a second backend (with its options) for cone LPs the first does not solve
     fallback: str | None = None
     fallback_options: SolverOptions | None = None
+    #: descent: start each ReLU cut at the midpoint's patterns or at the shallower cut's collision
+    start: str = "midpoint"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "method": self.method, "backend": self.backend,
                 "time_limit": self.options.time_limit, "rel_gap": self.options.rel_gap,
                 "threads": self.options.threads, "options": dict(self.options.native),
-                "max_iterations": self.max_iterations, "source": self.source,
+                "max_iterations": self.max_iterations, "start": self.start, "source": self.source,
                 **({"fallback": self.fallback, "fallback_options": dict(self.fallback_options.native)}
                    if self.fallback else {})}
 
     def with_overrides(self, overrides: dict[str, Any]) -> SolverProfile:
         """Apply ``key=value`` overrides: portable keys (time_limit, rel_gap, threads,
-        max_iterations, method) or backend options."""
+        max_iterations, method, start) or backend options."""
         opts, prof = self.options, self
         native = dict(opts.native)
         for k, v in overrides.items():
@@ -56,6 +59,10 @@ class SolverProfile:
                 if v not in METHODS:
                     raise SolverError(f"unknown method {v!r}; methods: {', '.join(METHODS)}")
                 prof = replace(prof, method=v)
+            elif k == "start":
+                if v not in STARTS:
+                    raise SolverError(f"unknown start {v!r}; starts: {', '.join(STARTS)}")
+                prof = replace(prof, start=v)
             else:
                 native[k] = v
         return replace(prof, options=replace(opts, native=native))
@@ -82,6 +89,7 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
     fb = doc.get("fallback")
     return SolverProfile(name=name, method=doc["method"], backend=doc["backend"], options=opts,
                          max_iterations=int(doc.get("max_iterations", 50)), description=doc.get("description", ""),
+                         start=doc.get("start", "midpoint"),
                          source=source, fallback=fb["backend"] if fb else None,
                          fallback_options=SolverOptions(native=dict(fb.get("options", {}))) if fb else None)
 

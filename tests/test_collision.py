@@ -11,7 +11,7 @@ from cvxopt import matrix, solvers
 from onnx import helper
 
 import fxverify
-from fxverify.backends.base import ConeSolution, Termination
+from fxverify.backends.base import Backend, ConeSolution, Termination
 from fxverify.collision import Collider, collide
 from fxverify.collision.chain import chain_of
 from fxverify.collision.closed_form import all_pairs_eps
@@ -289,7 +289,9 @@ def test_a_fake_collision_fails_verification(tmp_path):
     assert res.status is CollisionStatus.FAILED and not res.verified and math.isinf(res.eps)
 
 
-class _Broken:
+class _Broken(Backend):
+    """A backend whose every cone LP ends with the given result (or raises it)."""
+
     def __init__(self, result):
         self.result = result
 

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import scipy.linalg
 
-from .base import Backend, Capability, ConeProblem, ConeSolution, SolverOptions, Termination
+from .base import Backend, Capability, ConeProblem, ConeSolution, MinMaxNormProblem, SolverOptions, Termination
 
 
 class _Infeasible(Exception):
@@ -75,16 +75,21 @@ class _LeastNorm:
 
     def __init__(self, C, h, A, b, r, tol):
         self.C, self.h, self.A, self.b, self.r, self.tol = C, h, A, b, r, tol
-        self.Cn = np.linalg.norm(C, axis=1)
+        self.Cn = np.sqrt(np.einsum("ij,ij->i", C, C))
         self.Cn[self.Cn == 0] = 1.0
         self.n_eq = A.shape[0]
-        self.R = np.vstack([A, C])  # every row, equalities first
-        self.rhs = np.concatenate([b, h])
 
-    def _pos(self, idx) -> np.ndarray:
-        """Positions in self.R of working-set entries."""
+    def _rows(self, idx):
+        """Rows (in x) and right-hand sides of working-set entries."""
         i = np.asarray(idx, dtype=np.int64)
-        return np.where(i < 0, -1 - i, self.n_eq + i)
+        eq = i < 0
+        N = np.empty((i.size, 2 * self.r))
+        N[eq] = self.A[-1 - i[eq]]
+        N[~eq] = self.C[i[~eq]]
+        e = np.empty(i.size)
+        e[eq] = self.b[-1 - i[eq]]
+        e[~eq] = self.h[i[~eq]]
+        return N, e
 
     def _scale(self, w):
         r = self.r
@@ -93,9 +98,12 @@ class _LeastNorm:
     def _start(self, W, sc):
         """Equality-constrained minimum on W, dropping inequalities with negative multipliers."""
         while True:
-            N = self.R[self._pos(W)] * sc if W else np.zeros((0, 2 * self.r))
-            L = scipy.linalg.cholesky(N @ N.T, lower=True) if W else np.zeros((0, 0))
-            pi = -scipy.linalg.cho_solve((L, True), self.rhs[self._pos(W)]) if W else np.zeros(0)
+            if not W:
+                return W, np.zeros((0, 2 * self.r)), np.zeros((0, 0)), np.zeros(0)
+            N, e = self._rows(W)
+            N *= sc
+            L = scipy.linalg.cholesky(N @ N.T, lower=True, check_finite=False)
+            pi = -scipy.linalg.cho_solve((L, True), e, check_finite=False)
             neg = (pi < 0) & (np.asarray(W) >= 0)
             if not neg.any():
                 return W, N, L, pi
@@ -112,7 +120,6 @@ class _LeastNorm:
         except np.linalg.LinAlgError:  # a warm-start row depends on the others: start afresh
             W, N, L, pi = self._start([-1 - k for k in range(self.n_eq)], sc)
         y = -N.T @ pi if W else np.zeros(2 * r)
-        Cy = self.C * sc  # all inequality rows in y-space
         inW = np.zeros(len(self.h), dtype=bool)
         inW[[i for i in W if i >= 0]] = True
         # working rows and Cholesky factor in buffers that grow by doubling (no copy per step)
@@ -125,12 +132,12 @@ class _LeastNorm:
         isineq = np.zeros(cap, dtype=bool)
         isineq[:k] = np.asarray(W) >= 0
         for _ in range(10 * (len(self.h) + 10)):
-            s = (Cy @ y - self.h) / self.Cn
+            s = (self.C @ (y * sc) - self.h) / self.Cn
             s[inW] = -np.inf
             p = int(np.argmax(s)) if s.size else -1
             if p < 0 or s[p] <= self.tol:
                 return y * sc, W, pi
-            ap = Cy[p]
+            ap = self.C[p] * sc  # the row in y-space
             piP = 0.0
             while True:  # move along constraint p until it is satisfied (full step) or a drop
                 N, L = Nb[:k], Lb[:k, :k]
@@ -200,25 +207,29 @@ class _LeastNorm:
         if not W:
             return None
         r = self.r
-        Nx = self.R[self._pos(W)]
-        e = self.rhs[self._pos(W)]
+        Nx, e = self._rows(W)
         Ku, Kv = Nx[:, :r] @ Nx[:, :r].T, Nx[:, r:] @ Nx[:, r:].T
+        # the multipliers solve (Ku / w + Kv / (1 - w)) lam = -e. One generalised eigen-
+        # decomposition Ku X = (Ku + Kv) X diag(g), X' (Ku + Kv) X = I, diagonalises that matrix
+        # for every w at once, so each evaluation of phi below costs O(|W|), not a factorisation
+        try:
+            g, X = scipy.linalg.eigh(Ku, Ku + Kv, check_finite=False)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+        g = np.clip(g, 0.0, 1.0)
+        f = X.T @ e
 
-        def lam(w):
-            L = scipy.linalg.cholesky(Ku / w + Kv / (1 - w), lower=True)
-            return -scipy.linalg.cho_solve((L, True), e)
+        def coef(w):
+            return f / (g / w + (1 - g) / (1 - w))  # lam = -X coef(w)
 
         def phi(w):
-            lm = lam(w)
-            return float(lm @ Ku @ lm) / w ** 2 - float(lm @ Kv @ lm) / (1 - w) ** 2
+            c2 = coef(w) ** 2
+            return float(c2 @ g) / w ** 2 - float(c2 @ (1 - g)) / (1 - w) ** 2
 
-        try:
-            w = _root(phi, w0, 1e-14, 100)
-            if w is None:
-                return None
-            lm = lam(w)
-        except np.linalg.LinAlgError:
+        w = _root(phi, w0, 1e-14, 100)
+        if w is None:
             return None
+        lm = -X @ coef(w)
         x = np.concatenate([-Nx[:, :r].T @ lm / w, -Nx[:, r:].T @ lm / (1 - w)])
         return w, x, lm
 
@@ -324,16 +335,33 @@ class ActiveSetBackend(Backend):
         return x, w, pi
 
     def solve_cone(self, problem: ConeProblem, options: SolverOptions) -> ConeSolution:
-        self.check_options(options)
-        opt = dict(self.defaults)
-        opt.update(options.native)
         t0 = time.perf_counter()
         st = _structure(problem)
         if st is None:
             return ConeSolution(Termination.ERROR, solver=self.name, seconds=time.perf_counter() - t0,
                                 message="activeset solves only min-max-norm cone LPs")
         r, C, h, A, b = st
-        hints = problem.hints or {}
+        return self._solve(C, h, A, b, r, problem.hints or {}, options, problem.G.shape[0], t0)
+
+    def solve_min_max_norm(self, problem: MinMaxNormProblem, options: SolverOptions) -> ConeSolution:
+        A = problem.A if problem.n_eq else np.zeros((0, 2 * problem.r))
+        b = problem.b if problem.n_eq else np.zeros(0)
+        return self._solve(problem.C, problem.h, A, b, problem.r, problem.hints or {}, options, problem.n_linear,
+                           time.perf_counter())
+
+    def _solve(self, C, h, A, b, r, hints, options, n_z, t0) -> ConeSolution:
+        """The min-max-norm problem; ``n_z``: the length of the returned dual vector z. A warm
+        start that ends in failure is retried cold (a stale working set can mislead the
+        active-set steps into declaring infeasibility)."""
+        self.check_options(options)
+        opt = dict(self.defaults)
+        opt.update(options.native)
+        sol = self._attempt(C, h, A, b, r, hints, opt, n_z, t0)
+        if not sol.ok and hints:
+            sol = self._attempt(C, h, A, b, r, {}, opt, n_z, t0)
+        return sol
+
+    def _attempt(self, C, h, A, b, r, hints, opt, n_z, t0) -> ConeSolution:
         ln = _LeastNorm(C, h, A, b, r, opt["tol"] * max(1.0, float(np.abs(h).max(initial=0.0))))
         work = [int(i) for i in hints.get("active", []) if 0 <= int(i) < len(h)]
         w = float(hints.get("weight", 0.5))
@@ -382,8 +410,8 @@ class ActiveSetBackend(Backend):
         xu, xv = x[:r], x[r:]
         t = max(float(np.linalg.norm(xu)), float(np.linalg.norm(xv)))
         # cone-LP duals: z = QP multiplier / t (QP with weights w, 1 - w)
-        z = np.zeros(problem.G.shape[0])
-        y = np.zeros(problem.n_eq)
+        z = np.zeros(n_z)
+        y = np.zeros(A.shape[0])
         if t > 0:
             for k, i in enumerate(work):
                 if i >= 0:

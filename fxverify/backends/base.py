@@ -80,6 +80,54 @@ class ConeProblem:
 
 
 @dataclass(frozen=True)
+class MinMaxNormProblem:
+    """minimize max(||x_u||, ||x_v||)  s.t.  C x <= h,  A x = b,  x = (x_u, x_v), both of size r.
+
+    The descent's cone LP in its own terms (no epigraph variable, no cone rows): a backend may
+    solve it directly (``Backend.solve_min_max_norm``); any cone-LP backend solves
+    :meth:`to_cone`, the same problem with variables (t, x_u, x_v). Either way the solution's
+    ``x`` is (t, x_u, x_v), ``z[:len(h)]`` are the duals of ``C x <= h`` and ``y`` those of
+    ``A x = b``, as cone-LP duals.
+    """
+
+    C: np.ndarray
+    h: np.ndarray
+    A: np.ndarray | None = None
+    b: np.ndarray | None = None
+    hints: dict | None = None
+
+    @property
+    def r(self) -> int:
+        return self.C.shape[1] // 2
+
+    @property
+    def n_linear(self) -> int:
+        return self.C.shape[0]
+
+    @property
+    def n_eq(self) -> int:
+        return 0 if self.A is None else self.A.shape[0]
+
+    def to_cone(self) -> ConeProblem:
+        r, m = self.r, self.C.shape[0]
+        n = 1 + 2 * r
+        G = np.zeros((m + 2 * (1 + r), n))
+        G[:m, 1:] = self.C
+        G[m, 0] = G[m + 1 + r, 0] = -1.0
+        idx = np.arange(r)
+        G[m + 1 + idx, 1 + idx] = -1.0
+        G[m + 2 + r + idx, 1 + r + idx] = -1.0
+        c = np.zeros(n)
+        c[0] = 1.0
+        A = b = None
+        if self.n_eq:
+            A = np.hstack([np.zeros((self.n_eq, 1)), self.A])
+            b = self.b
+        return ConeProblem(c=c, G=G, h=np.concatenate([self.h, np.zeros(2 * (1 + r))]), n_linear=m,
+                           soc_sizes=(1 + r, 1 + r), A=A, b=b, hints=self.hints)
+
+
+@dataclass(frozen=True)
 class ConeSolution:
     termination: Termination
     x: np.ndarray | None = None
@@ -150,6 +198,10 @@ class Backend:
 
     def solve_cone(self, problem: ConeProblem, options: SolverOptions) -> ConeSolution:
         raise SolverError(f"backend {self.name!r} cannot solve cone LPs")
+
+    def solve_min_max_norm(self, problem: MinMaxNormProblem, options: SolverOptions) -> ConeSolution:
+        """The descent's LP; backends without a native method solve it as a cone LP."""
+        return self.solve_cone(problem.to_cone(), options)
 
     def solve_model(self, model, options: SolverOptions) -> MipResult:
         """Solve a solver-neutral Pyomo model (MIQCP backends)."""

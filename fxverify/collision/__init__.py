@@ -4,8 +4,9 @@
 
 * ``closed_form``: input and affine cuts (exact);
 * ``descent`` (default): closed forms where they apply, cone-LP descent at ReLU cuts, started
-  from the collision found at the previous cut (a collision at a shallower cut is one at every
-  deeper cut), so eps never grows with depth;
+  at the midpoint's patterns (profile ``start``; or from the collision found at the previous
+  cut); a collision at a shallower cut is one at every deeper cut and is kept when it is
+  better, so eps never grows with depth;
 * ``faithful``: the paper's descent exactly (midpoint start, its stopping rule), a baseline;
 * ``exact``: the MIQCP optimum (see ``fxverify.collision.miqcp``).
 
@@ -143,8 +144,13 @@ class Collider:
                 return self._exact(cut, u, v, t0)
             d = self._descent(cut)
             mid = (u + v) / 2.0
-            starts = [(mid, mid)] if self.method == "faithful" else \
-                ([(usable.u_adv, usable.v_adv)] if usable is not None else []) + [(mid, mid)]
+            chained = [(usable.u_adv, usable.v_adv)] if usable is not None else []
+            if self.method == "faithful":
+                starts = [(mid, mid)]
+            elif self.profile.start == "shallower":
+                starts = chained + [(mid, mid)]  # the second start only if the first fails
+            else:
+                starts = [(mid, mid)] + chained
             out = d.run(u, v, starts)
         except np.linalg.LinAlgError as err:  # numerical trouble in the set-up of one pair
             return Collision(cut=cut, status=CollisionStatus.FAILED, method=self.method, solver=self.profile.name,
@@ -169,7 +175,7 @@ class Collider:
 
     def _check(self, result: Collision, problem) -> Collision:
         """Re-solve the descent's final cone LP with the check backend; record its budget."""
-        sol = self.check_backend.solve_cone(problem, SolverOptions())
+        sol = self.check_backend.solve_cone(problem.to_cone(), SolverOptions())
         eps = float(sol.objective) if sol.ok else math.nan
         note = f"check by {self.check_backend.name}: " + (f"eps {eps:.9g} (difference {eps - result.objective:+.2e})"
                                                            if sol.ok else f"{sol.termination.value} ({sol.message})")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.linalg
 
-from ..backends.base import Backend, ConeProblem, SolverOptions
+from ..backends.base import Backend, MinMaxNormProblem, SolverOptions
 from .chain import Chain
 
 HIDDEN, SHARED_ACTIVE, SHARED_INACTIVE = 0, 1, 2
@@ -40,6 +40,11 @@ DUAL_TOL = 1e-6
 TIGHT_TOL = 1e-6
 #: rows of the equality system whose pivot is below this (relative) are dependent
 RANK_TOL = 1e-10
+#: unit equality rows whose Gram Cholesky pivots all exceed this are independent without a QR
+#: (the QR decides the rest)
+GRAM_TOL = 1e-6
+#: a cached layer-2 Jacobian is recomputed after this many rank updates (rounding drift)
+_MAX_UPDATES = 16
 
 
 @dataclass
@@ -59,7 +64,7 @@ class Patterns:
 
 @dataclass
 class _LP:
-    problem: ConeProblem
+    problem: MinMaxNormProblem
     row_type: np.ndarray
     row_layer: np.ndarray
     row_point: np.ndarray
@@ -70,7 +75,7 @@ class _LP:
         """An identity per inequality row that survives pattern changes (for warm starts)."""
         return ((self.row_type * 64 + self.row_layer) * 2 + self.row_point) * (1 << 32) + self.row_unit
 
-    def warm(self, keys: np.ndarray | None, weight: float | None) -> ConeProblem:
+    def warm(self, keys: np.ndarray | None, weight: float | None) -> MinMaxNormProblem:
         """The problem with the previous solve's tight rows (by identity) as solver hints."""
         if keys is None or keys.size == 0:
             return self.problem if weight is None else replace(self.problem, hints={"weight": weight})
@@ -91,7 +96,7 @@ class DescentOutcome:
     seconds: float = 0.0
     message: str = ""
     history: list[float] = field(default_factory=list)
-    problem: ConeProblem | None = None  # the cone LP of the best pattern (for --check-solver)
+    problem: MinMaxNormProblem | None = None  # the LP of the best pattern (for --check-solver)
 
     @property
     def found(self) -> bool:
@@ -112,7 +117,7 @@ class ReluDescent:
         self.max_iter = max_iter
         self.fallback = fallback
         self.fallback_solves = 0
-        self._cone_rows = None
+        self._jac_cache: dict[bytes, tuple] = {}  # layer-2 Jacobians by layer-1 pattern
         rs = chain.first_svd
         self.V = rs.V  # d x r
         self.r = rs.rank
@@ -134,6 +139,35 @@ class ReluDescent:
         return Patterns([z > 0 for z in zu[:H]], [z > 0 for z in zv[:H]], shared)
 
     # ------------------------------------------------------------------ the cone LP -----
+    def _hidden_jacobian(self, k: int, s: np.ndarray) -> np.ndarray:
+        """W_k diag(s) G_{k-1} for k >= 1: the layer-k pre-activations' Jacobian in a, given the
+        patterns of the layers below (only layer 1's pattern for k = 1; deeper layers are
+        recomputed). For k = 1 the last few results of the current pair are kept, and a pattern
+        close to a kept one is updated in rank |flips| instead of recomputed: descent steps flip
+        a few units."""
+        W = self.chain.weights[1]
+        key = s.tobytes()
+        hit = self._jac_cache.get(key)
+        if hit is not None:
+            return hit[1]
+        best = None
+        for s0, G0, depth in self._jac_cache.values():
+            d = int(np.count_nonzero(s0 != s))
+            if depth < _MAX_UPDATES and (best is None or d < best[0]):
+                best = (d, s0, G0, depth)
+        if best is not None and best[0] <= s.size // 8:
+            diff = np.flatnonzero(best[1] != s)
+            sign = np.where(s[diff], 1.0, -1.0)
+            G = best[2] + W[:, diff] @ (sign[:, None] * self.M[diff])
+            depth = best[3] + 1
+        else:
+            G, depth = W @ (s[:, None] * self.M), 0
+        G.flags.writeable = False
+        if len(self._jac_cache) >= 4:
+            self._jac_cache.pop(next(iter(self._jac_cache)))
+        self._jac_cache[key] = (s.copy(), G, depth)
+        return G
+
     def _affine_in_alpha(self, p: np.ndarray, hidden: list[np.ndarray]):
         """Pre-activations of every layer as c_k + G_k a, for one point and its hidden patterns."""
         W, b = self.chain.weights, self.chain.biases
@@ -141,68 +175,64 @@ class ReluDescent:
         G = self.M
         cs, Gs = [c], [G]
         for k in range(1, self.chain.n_relu):
-            s = hidden[k - 1].astype(np.float64)
-            c = W[k] @ (s * c) + b[k]
-            G = W[k] @ (s[:, None] * G)
+            s = hidden[k - 1]
+            c = W[k] @ np.where(s, c, 0.0) + b[k]
+            G = self._hidden_jacobian(k, s) if k == 1 else W[k] @ (s[:, None] * G)
             cs.append(c)
             Gs.append(G)
         return cs, Gs
 
     def build(self, u: np.ndarray, v: np.ndarray, pat: Patterns) -> _LP | None:
         r, H = self.r, self.n_hidden
-        n = 1 + 2 * r
         cu, Gu = self._affine_in_alpha(u, pat.hidden_u)
         cv, Gv = self._affine_in_alpha(v, pat.hidden_v)
-        rows, rhs, meta = [], [], []  # inequality rows  G_row . x <= h
-
-        def add(block_u, block_v, h, typ, layer, point, units):
-            k = h.shape[0]
-            if k == 0:
-                return
-            R = np.zeros((k, n))
-            if block_u is not None:
-                R[:, 1:1 + r] = block_u
-            if block_v is not None:
-                R[:, 1 + r:] = block_v
-            rows.append(R)
-            rhs.append(h)
-            meta.append(np.stack([np.full(k, typ), np.full(k, layer), np.full(k, point), units]))
-
+        # inequality rows  C_row . (a_u, a_v) <= h, written straight into one array:
+        # (block_u, block_v, rhs, type, layer, point, units) per block
+        blocks = []
         for k in range(H):
             for point, (c, G, s) in enumerate(((cu[k], Gu[k], pat.hidden_u[k]), (cv[k], Gv[k], pat.hidden_v[k]))):
                 sigma = np.where(s, 1.0, -1.0)  # active: -z <= 0; inactive: z <= 0
-                blk = -sigma[:, None] * G
-                add(blk if point == 0 else None, blk if point == 1 else None, sigma * c, HIDDEN, k, point,
-                    np.arange(len(c)))
+                blocks.append((point, -sigma[:, None] * G, sigma * c, HIDDEN, k, np.arange(len(c))))
         eq_A = eq_b = None
         if not self.chain.final:
             K = self.chain.n_relu - 1
             act = np.flatnonzero(pat.shared)
             ina = np.flatnonzero(~pat.shared)
-            add(-Gu[K][act], None, cu[K][act], SHARED_ACTIVE, K, 0, act)
-            add(Gu[K][ina], None, -cu[K][ina], SHARED_INACTIVE, K, 0, ina)
-            add(None, Gv[K][ina], -cv[K][ina], SHARED_INACTIVE, K, 1, ina)
+            blocks.append((0, -Gu[K][act], cu[K][act], SHARED_ACTIVE, K, act))
+            blocks.append((0, Gu[K][ina], -cu[K][ina], SHARED_INACTIVE, K, ina))
+            blocks.append((1, Gv[K][ina], -cv[K][ina], SHARED_INACTIVE, K, ina))
             if act.size:
-                eq_A = np.hstack([np.zeros((act.size, 1)), Gu[K][act], -Gv[K][act]])
+                eq_A = np.hstack([Gu[K][act], -Gv[K][act]])
                 eq_b = cv[K][act] - cu[K][act]
         else:
             Wf = self.chain.weights[-1]
-            su = pat.hidden_u[-1].astype(np.float64)
-            sv = pat.hidden_v[-1].astype(np.float64)
-            eq_A = np.hstack([np.zeros((Wf.shape[0], 1)), Wf @ (su[:, None] * Gu[-1]), -(Wf @ (sv[:, None] * Gv[-1]))])
-            eq_b = Wf @ (sv * cv[-1]) - Wf @ (su * cu[-1])
+            su = pat.hidden_u[-1]
+            sv = pat.hidden_v[-1]
+            eq_A = np.hstack([Wf @ (su[:, None] * Gu[-1]), -(Wf @ (sv[:, None] * Gv[-1]))])
+            eq_b = Wf @ np.where(sv, cv[-1], 0.0) - Wf @ np.where(su, cu[-1], 0.0)
 
-        G_lin = np.vstack(rows) if rows else np.zeros((0, n))
-        h_lin = np.concatenate(rhs) if rhs else np.zeros(0)
-        M = np.hstack(meta) if meta else np.zeros((4, 0), dtype=np.int64)
+        m = sum(blk[2].shape[0] for blk in blocks)
+        C = np.zeros((m, 2 * r))
+        h = np.empty(m)
+        meta = np.empty((4, m), dtype=np.int64)
+        i = 0
+        for point, rows, rhs, typ, layer, units in blocks:
+            k = rhs.shape[0]
+            C[i:i + k, point * r:(point + 1) * r] = rows
+            h[i:i + k] = rhs
+            meta[0, i:i + k], meta[1, i:i + k], meta[2, i:i + k], meta[3, i:i + k] = typ, layer, point, units
+            i += k
         # normalise rows; rows that do not depend on the perturbation are constants
-        norms = np.linalg.norm(G_lin, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", C, C))
         scale = max(1.0, float(norms.max(initial=0.0)))
         const = norms <= 1e-12 * scale
-        if np.any(h_lin[const] < -1e-9 * max(1.0, float(np.abs(h_lin).max(initial=0.0)))):
+        if np.any(h[const] < -1e-9 * max(1.0, float(np.abs(h).max(initial=0.0)))):
             return None  # a unit's sign is fixed and contradicts the pattern
-        keep = ~const
-        G_lin, h_lin, M = G_lin[keep] / norms[keep, None], h_lin[keep] / norms[keep], M[:, keep]
+        if const.any():
+            keep = ~const
+            C, h, norms, meta = C[keep], h[keep], norms[keep], meta[:, keep]
+        C /= norms[:, None]
+        h /= norms
         A = b = None
         if eq_A is not None and eq_A.shape[0]:
             reduced = _independent_rows(eq_A, eq_b)
@@ -210,33 +240,14 @@ class ReluDescent:
                 return None  # inconsistent equalities: no collision with these patterns
             if reduced[0].shape[0]:
                 A, b = reduced
-        soc, c_obj = self._cones()
-        prob = ConeProblem(c=c_obj, G=np.vstack([G_lin, soc]), h=np.concatenate([h_lin, np.zeros(2 * (1 + r))]),
-                           n_linear=G_lin.shape[0], soc_sizes=(1 + r, 1 + r), A=A, b=b)
-        return _LP(prob, M[0].astype(np.int64), M[1].astype(np.int64), M[2].astype(np.int64), M[3].astype(np.int64))
-
-    def _cones(self):
-        """The second-order cones (t, a_u), (t, a_v) and the objective (the same in every LP)."""
-        if self._cone_rows is None:
-            r = self.r
-            n = 1 + 2 * r
-            soc = np.zeros((2 * (1 + r), n))
-            soc[0, 0] = soc[1 + r, 0] = -1.0
-            soc[1:1 + r, 1:1 + r] = -np.eye(r)
-            soc[2 + r:, 1 + r:] = -np.eye(r)
-            c_obj = np.zeros(n)
-            c_obj[0] = 1.0
-            soc.flags.writeable = False
-            c_obj.flags.writeable = False
-            self._cone_rows = (soc, c_obj)
-        return self._cone_rows
+        return _LP(MinMaxNormProblem(C=C, h=h, A=A, b=b), meta[0], meta[1], meta[2], meta[3])
 
     # ------------------------------------------------------------------ flips -----------
     def _flips(self, lp: _LP, x: np.ndarray, z: np.ndarray, t: float, pat: Patterns):
         """(safe, risky) pattern changes suggested by the duals."""
         nl = lp.problem.n_linear
         dual = z[:nl]
-        slack = lp.problem.h[:nl] - lp.problem.G[:nl] @ x
+        slack = lp.problem.h - lp.problem.C @ x[1:]
         tight = slack <= TIGHT_TOL * max(1.0, t)
         want = dual > DUAL_TOL
         safe_h = [np.zeros_like(h) for h in pat.hidden_u], [np.zeros_like(h) for h in pat.hidden_v]
@@ -280,15 +291,18 @@ class ReluDescent:
         lp = self.build(u, v, pat)
         if lp is None:
             return None, None
-        sol = self.backend.solve_cone(lp.warm(*warm) if warm else lp.problem, self.options)
+        sol = self.backend.solve_min_max_norm(lp.warm(*warm) if warm else lp.problem, self.options)
         if not sol.ok and self.fallback is not None:
             self.fallback_solves += 1
-            sol = self.fallback[0].solve_cone(lp.problem, self.fallback[1])
+            sol = self.fallback[0].solve_min_max_norm(lp.problem, self.fallback[1])
         return lp, sol
 
     def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> DescentOutcome:
         """Descend from each start (pairs of points whose patterns seed the search); keep the best."""
         t0 = time.perf_counter()
+        # the Jacobian cache lives for one pair: rank updates then depend on this pair's own
+        # steps only, so results do not depend on which pairs a process solved before
+        self._jac_cache.clear()
         best = DescentOutcome(None, None)
         messages = []
         for xu, xv in starts:
@@ -368,6 +382,14 @@ def _independent_rows(A: np.ndarray, b: np.ndarray):
     A, b = A[nz] / scale[nz, None], b[nz] / scale[nz]
     if A.shape[0] == 0:
         return A, b
+    if A.shape[0] <= A.shape[1]:
+        # fast path: unit rows whose Gram matrix is safely positive definite are independent
+        try:
+            L = scipy.linalg.cholesky(A @ A.T, lower=True, check_finite=False)
+            if float(np.min(np.diag(L))) > GRAM_TOL:
+                return A, b
+        except np.linalg.LinAlgError:
+            pass
     _, R, piv = scipy.linalg.qr(A.T, mode="economic", pivoting=True)
     d = np.abs(np.diag(R))
     rank = int(np.sum(d > RANK_TOL * d[0]))
