@@ -102,6 +102,62 @@ def inprocess_cpu_per_pair(model: str, spec: dict, k: int, pairs: int, solver: s
     return t.cpu / len(todo), len(todo)
 
 
+def anytime_quality(model: str, spec: dict, k: int, solver: str | None, out: Path,
+                    fractions: list[float]) -> tuple[list[list], int]:
+    """How close the bounds of a run stopped by --time-budget come to the full run's, by pair order.
+
+    Loads the complete store of the K = k run (nothing is recomputed) and, for each order and
+    each fraction f, keeps only the first f of the descent pairs in that order (the others take
+    the shallower closed-form budget, as an interrupted run does). Reports the share of the
+    bound improvement (full run over no descent pair at all) that the kept pairs already give,
+    summed over the descent cuts and the eps grid, for the 0-1 and the cross-entropy bound."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    import fxverify
+    from fxverify.analysis import bounds_from_distances
+    from fxverify.pipeline import Distances, compute_distances, promise_order
+    from fxverify.profiles import load_profile
+    from fxverify.spec import parse_spec
+
+    sp = parse_spec(dict(spec, n_per_class=k))
+    net = fxverify.load_model(model)
+    pts = sp.load_points()
+    d = compute_distances(net, pts, sp.resolve_cuts(net), load_profile(solver or sp.solver), out)
+    if not d.complete:
+        raise SystemExit(f"error: the K = {k} store in {out} is incomplete")
+    closed = [c for c in d.cuts if d.by_cut[c].method == "closed_form"]
+    paired = [c for c in d.cuts if c not in closed]
+    shallow = np.minimum.reduce([d.by_cut[c].eps for c in d.cuts[:d.cuts.index(paired[0])] if c in closed])
+    n_a, n_b = shallow.shape
+    orders = {"file (row by row)": [(i, j) for i in range(n_a) for j in range(n_b)],
+              "closed-form eps ascending": [divmod(int(f), n_b) for f in np.argsort(shallow, axis=None, kind="stable")],
+              "promise (fxverify default)": promise_order(shallow)}
+
+    def totals(mask):
+        by_cut = {c: (d.by_cut[c] if c in closed else
+                      replace(d.by_cut[c], eps=np.where(mask, d.by_cut[c].eps, np.inf), computed=mask))
+                  for c in d.cuts}
+        cuts, _ = bounds_from_distances(Distances(d.cuts, by_cut, n_a, n_b), sp.eps)
+        recs = [r for c in cuts if c.cut in paired for r in c.records]
+        return np.array([sum(r.loss01_lower for r in recs), sum(r.ce_lower for r in recs)])
+
+    none, full = totals(np.zeros((n_a, n_b), bool)), totals(np.ones((n_a, n_b), bool))
+    rows = []
+    for name, order in orders.items():
+        row = [name]
+        for f in fractions:
+            mask = np.zeros((n_a, n_b), bool)
+            for i, j in order[:round(f * n_a * n_b)]:
+                mask[i, j] = True
+            got = totals(mask)
+            share = [(g - z) / (h - z) if h > z else 1.0 for g, z, h in zip(got, none, full)]
+            row.append(f"{share[0]:.0%} / {share[1]:.0%}")
+        rows.append(row)
+    return rows, n_a * n_b
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(_common.ROOT / "models/fcnn_mnist_3v7_benign.onnx"))
@@ -112,6 +168,8 @@ def main() -> int:
     ap.add_argument("--solver", default=None, help="solver profile (default: the spec's)")
     ap.add_argument("--inprocess-pairs", type=int, default=40,
                     help="pairs run in this process for the overhead ratio (0: skip)")
+    ap.add_argument("--anytime", type=float, nargs="*", default=[0.05, 0.1, 0.25, 0.5],
+                    help="fractions of the largest run's pairs for the anytime comparison (none: skip)")
     ap.add_argument("--keep", help="keep the specs and output directories under this directory")
     args = ap.parse_args()
 
@@ -131,6 +189,9 @@ def main() -> int:
             runs.append(run_bound(args.model, base, k, args.jobs, args.solver, work))
             r = runs[-1]
             print(f"  K = {k}: {r['pairs']} pairs in {r['wall']:.1f} s wall", flush=True)
+        if args.anytime:
+            any_rows, any_pairs = anytime_quality(args.model, base, runs[-1]["k"], args.solver,
+                                                  work / f"out_k{runs[-1]['k']}", args.anytime)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -176,6 +237,12 @@ def main() -> int:
         inproc, m = inprocess_cpu_per_pair(args.model, base, last["k"], args.inprocess_pairs, args.solver)
         print(f"in this process, the first {m} pairs of K = {last['k']}: {inproc:.4f} CPU s/pair at the descent cuts; "
               f"the command's CPU per pair is {cpu_pp / inproc:.2f}x that")
+
+    if args.anytime:
+        print(f"\nAnytime (--time-budget): share of the full run's bound improvement over the closed forms alone "
+              f"that the first pairs\nof each order give (0-1 / cross-entropy, summed over the descent cuts and "
+              f"eps values; K = {last['k']}, {any_pairs} pairs):")
+        print(_common.table(["order"] + [f"first {f:.0%}" for f in args.anytime], any_rows))
 
     print(f"\nTarget: {TARGET_PAIRS:,} pairs, all cuts, {len(last['eps'])} eps values in <= "
           f"{TARGET_SECONDS / 60:.0f} min on 2 cores "

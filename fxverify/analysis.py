@@ -84,7 +84,7 @@ def bounds_from_distances(d: Distances, grid) -> tuple[list[CutBounds], dict[str
 
 def analyze(model: str | os.PathLike | Network, spec: Spec, *, solver: str | SolverProfile | None = None,
             out_dir: str | os.PathLike, cuts: tuple[str, ...] | None = None, progress: Progress | None = None,
-            time_budget: float | None = None, executor=None) -> Analysis:
+            time_budget: float | None = None, executor=None, order: str = "promise") -> Analysis:
     """Lower bounds for every cut (default: the spec's) and every budget of the spec's grid."""
     t0 = time.perf_counter()
     net = model if isinstance(model, Network) else load_model(model)
@@ -95,7 +95,7 @@ def analyze(model: str | os.PathLike | Network, spec: Spec, *, solver: str | Sol
     for c in wanted:
         net.cut_index(c)
     d = compute_distances(net, points, wanted, profile, Path(out_dir), progress=progress, time_budget=time_budget,
-                          info={"spec": spec.to_dict()}, executor=executor)
+                          info={"spec": spec.to_dict()}, executor=executor, order=order)
     per_cut, mats = bounds_from_distances(d, spec.eps)
     return Analysis(model_path=net.source.path, model_sha256=net.source.sha256, spec=spec, profile=profile,
                     classes=points.classes, n_a=d.n_a, n_b=d.n_b, cuts=tuple(per_cut),

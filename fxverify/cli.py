@@ -332,6 +332,10 @@ ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where pair tasks r
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local "
                                                    "Ray instance).", show_default=False)]
 
+OrderOpt = Annotated[str, typer.Option("--order", help="Order of the descent pairs: promise (every point's nearest "
+                                       "partners first, best for --time-budget) or file (row by row). Results "
+                                       "do not depend on it.")]
+
 
 def _print_distances(d, con) -> None:
     t = Table(show_edge=False, header_style="bold")
@@ -352,7 +356,7 @@ def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: Solver
               time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting new pairs "
                                                                    "after this many seconds.")] = None,
               jobs: JobsOpt = None, executor: ExecutorOpt = "local", address: AddressOpt = None,
-              solver_option: SolverOptionOpt = None) -> None:
+              solver_option: SolverOptionOpt = None, order: OrderOpt = "promise") -> None:
     """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
     from .executors import make_executor
     from .pipeline import compute_distances
@@ -362,7 +366,7 @@ def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: Solver
     out = out or _default_out(model, spec)
     with _progress() as report:
         d = compute_distances(net, points, cuts, profile, out, progress=report, time_budget=time_budget,
-                              info={"spec": sp.to_dict()}, executor=ex)
+                              info={"spec": sp.to_dict()}, executor=ex, order=order)
     np.savez_compressed(out / "distances.npz", **{c: d.by_cut[c].eps for c in d.cuts},
                         index_a=points.index_a, index_b=points.index_b)
     con = _console()
@@ -392,7 +396,7 @@ def _print_bounds(a, con) -> None:
 @user_errors
 def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
           time_budget: TimeBudgetOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
-          address: AddressOpt = None, solver_option: SolverOptionOpt = None) -> None:
+          address: AddressOpt = None, solver_option: SolverOptionOpt = None, order: OrderOpt = "promise") -> None:
     """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
     from .analysis import analyze
     from .executors import make_executor
@@ -405,7 +409,7 @@ def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt 
     out = out or _default_out(model, spec)
     with _progress() as report:
         a = analyze(net, sp, solver=profile, out_dir=out, cuts=cuts, progress=report, time_budget=time_budget,
-                    executor=ex)
+                    executor=ex, order=order)
     paths = write_results(a, out)
     con = _console()
     con.print(f"{escape(net.source.path)}: classes {a.classes[0]} vs {a.classes[1]}, {a.n_a} + {a.n_b} points "

@@ -22,6 +22,7 @@ from .collision import Collider
 from .collision.closed_form import all_pairs_eps, residual_bound
 from .collision.verify import IR_TOLERANCE
 from .data import Points
+from .errors import FxverifyError
 from .ir import Network
 from .profiles import SolverProfile
 from .results import CollisionStatus
@@ -100,18 +101,68 @@ def _closed_form(collider: Collider, points: Points, cut: str, store: ResultStor
                      message or f"closed form; {len(flat)} pairs re-verified in onnxruntime")
 
 
+#: orders in which the descent pairs can be computed (see :func:`compute_distances`)
+ORDERS = ("promise", "file")
+
 #: pairs per task sent to a worker (small: a stop after the time budget wastes little)
 CHUNK = 4
 
 
+def promise_order(eps: np.ndarray, pairs=None) -> list[tuple[int, int]]:
+    """Pairs in the order a budget-limited run should compute them: most promising first.
+
+    ``eps`` is an n_a x n_b matrix of upper bounds on every pair's budget at the descent cuts
+    (a shallower cut's closed form). A pair's rank is the smaller of its rank among the
+    partners of a_i and among the partners of b_j (0: a nearest cross-class neighbour of one
+    of its points), ties broken by ``eps`` and then by (i, j); so every point gets its nearest
+    partners computed before any point gets its far ones, which is what the matching and
+    cross-entropy bounds need first. ``pairs`` (default: all) is the subset to order. The order
+    changes what a time budget covers, never a pair's result."""
+    eps = np.asarray(eps, dtype=float)
+    n_a, n_b = eps.shape
+    key = np.where(np.isnan(eps), np.inf, eps)
+    row_rank = np.empty(key.shape, dtype=np.int64)
+    col_rank = np.empty(key.shape, dtype=np.int64)
+    ar_b, ar_a = np.arange(n_b), np.arange(n_a)
+    for i in range(n_a):
+        row_rank[i, np.argsort(key[i], kind="stable")] = ar_b
+    for j in range(n_b):
+        col_rank[np.argsort(key[:, j], kind="stable"), j] = ar_a
+    rank = np.minimum(row_rank, col_rank)
+    if pairs is None:
+        ii, jj = np.divmod(np.arange(n_a * n_b), n_b)
+    else:
+        pairs = np.asarray(list(pairs), dtype=np.int64).reshape(-1, 2)
+        ii, jj = pairs[:, 0], pairs[:, 1]
+    order = np.lexsort((jj, ii, key[ii, jj], rank[ii, jj]))
+    return [(int(ii[k]), int(jj[k])) for k in order]
+
+
+def _promise_eps(collider: Collider, points: Points, net: Network, first_paired: str, store: ResultStore) -> np.ndarray:
+    """Upper bounds on every pair's budget at the first descent cut: the deepest closed-form cut
+    before it (from the store when the run computed it)."""
+    before = net.cuts[:net.cuts.index(first_paired)]
+    shallow = [c for c in before if collider.chain(c).kind in ("identity", "affine")]
+    cut = shallow[-1] if shallow else "input"
+    stored = store.matrix(cut)
+    if stored is not None and np.isfinite(stored[0]).all():
+        return stored[0]
+    return all_pairs_eps(collider.chain(cut), points.X_a, points.X_b)
+
+
 def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profile: SolverProfile,
                       out_dir, *, progress: Progress | None = None, time_budget: float | None = None,
-                      info: dict | None = None, executor=None) -> Distances:
+                      info: dict | None = None, executor=None, order: str = "promise") -> Distances:
     """Compute (or resume) the budgets of all pairs at ``cuts`` into the store in ``out_dir``.
 
     ``executor``: where the pair tasks run (:func:`fxverify.executors.make_executor`; default:
     a process pool over the local cores). ``time_budget``: seconds after which no new pair
-    is started (pairs in flight finish); the result then covers the pairs done."""
+    is started (pairs in flight finish); the result then covers the pairs done. ``order``:
+    ``"promise"`` computes the pairs in :func:`promise_order` (nearest partners of every point
+    first, so a budget-limited run covers the pairs that matter most), ``"file"`` row by row;
+    the order never changes a pair's result."""
+    if order not in ORDERS:
+        raise FxverifyError(f"unknown pair order {order!r}; orders: {', '.join(ORDERS)}")
     from .executors import PairJob, SerialExecutor, make_executor
 
     t_start = time.perf_counter()
@@ -135,6 +186,8 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profi
         if paired:
             done = set.intersection(*(store.done_pairs(c) for c in paired))
             todo = [(i, j) for i in range(n_a) for j in range(n_b) if (i, j) not in done]
+            if todo and order == "promise":
+                todo = promise_order(_promise_eps(collider, points, net, paired[0], store), todo)
             total = n_a * n_b
             if progress:
                 progress("descent", len(done), total)

@@ -185,6 +185,8 @@ def test_bad_spec_and_mismatched_model_exit_2(tmp_path, tiny_model):
     assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, cuts=["relu5"])), "relu5")
     assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path), "--solver", "nonesuch"),
                       "unknown solver 'nonesuch'")
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path), "--out", tmp_path / "o",
+                         "--order", "random"), "unknown pair order 'random'")
 
 
 def test_solvers_lists_every_backend_with_availability():

@@ -8,7 +8,10 @@ import pytest
 import fxverify
 from fxverify.collision import Collider
 from fxverify.data import load_embedded, select_points
-from fxverify.pipeline import compute_distances
+from fxverify.collision.closed_form import all_pairs_eps
+from fxverify.errors import FxverifyError
+from fxverify.executors import SerialExecutor
+from fxverify.pipeline import compute_distances, promise_order
 from fxverify.profiles import load_profile
 from fxverify.store import ResultStore, StoreError
 
@@ -72,3 +75,54 @@ def test_store_refuses_results_of_another_run(setup, tmp_path):
     (tmp_path / "x" / "results.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="not a usable fxverify result store"):
         ResultStore(tmp_path / "x", "abc")
+
+
+def test_promise_order_puts_every_points_nearest_partners_first():
+    rng = np.random.default_rng(3)
+    eps = rng.uniform(1, 5, size=(6, 9))
+    order = promise_order(eps)
+    assert sorted(order) == [(i, j) for i in range(6) for j in range(9)]  # a permutation
+    nearest = {(i, int(np.argmin(eps[i]))) for i in range(6)} | {(int(np.argmin(eps[:, j])), j) for j in range(9)}
+    head = order[:len(nearest)]
+    assert set(head) == nearest, "rank-0 pairs (a nearest partner of one of their points) come first"
+    # within rank 0, smaller budgets first
+    assert [eps[p] for p in head] == sorted(eps[p] for p in head)
+    # a pair's position never precedes one of lower rank
+    rank = {p: min(sorted(eps[p[0]]).index(eps[p]), sorted(eps[:, p[1]]).index(eps[p])) for p in order}
+    assert [rank[p] for p in order] == sorted(rank[p] for p in order)
+    # a subset keeps the same relative order; NaN sorts last
+    sub = order[::3]
+    assert promise_order(eps, sorted(sub)) == sub
+    eps[0, 0] = np.nan
+    assert promise_order(eps)[-1] == (0, 0)
+
+
+class _Recording(SerialExecutor):
+    def __init__(self):
+        self.sent = []
+
+    def run(self, job, chunks, net=None):
+        def record():
+            for c in chunks:
+                self.sent.extend(c)
+                yield c
+        return super().run(job, record(), net=net)
+
+
+def test_pairs_run_in_promise_order_and_the_order_changes_no_result(setup, tmp_path):
+    net, pts, prof = setup
+    ex = _Recording()
+    promise = compute_distances(net, pts, net.cuts, prof, tmp_path / "p", executor=ex)
+    expected = promise_order(all_pairs_eps(Collider(net, prof).chain("linear1"), pts.X_a, pts.X_b))
+    assert ex.sent == expected and ex.sent != sorted(ex.sent)
+    ex_file = _Recording()
+    by_file = compute_distances(net, pts, net.cuts, prof, tmp_path / "f", executor=ex_file, order="file")
+    assert ex_file.sent == sorted(ex_file.sent)
+    for c in net.cuts:
+        np.testing.assert_array_equal(promise.by_cut[c].eps, by_file.by_cut[c].eps)
+    # a descent cut alone (linear1 not requested): linear1's closed form still orders the pairs
+    ex_alone = _Recording()
+    compute_distances(net, pts, ("relu1",), prof, tmp_path / "r", executor=ex_alone)
+    assert ex_alone.sent == promise_order(all_pairs_eps(Collider(net, prof).chain("linear1"), pts.X_a, pts.X_b))
+    with pytest.raises(FxverifyError, match="unknown pair order 'random'"):
+        compute_distances(net, pts, net.cuts, prof, tmp_path / "x", order="random")
