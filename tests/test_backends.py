@@ -142,3 +142,31 @@ def test_min_max_norm_problem_to_cone_is_the_same_problem():
     assert native.objective == pytest.approx(via_cone.objective, rel=1e-7)
     assert native.z[0] == pytest.approx(via_cone.z[0], abs=1e-6)
     assert native.x[1] == pytest.approx(3.0, abs=1e-9)  # the constraint binds: without it a_0 = 4
+
+
+def test_activeset_fixed_set_root_balances_the_norms_on_the_rows():
+    from fxverify.backends.activeset import _LeastNorm
+
+    rng = np.random.default_rng(11)
+    r = 20
+    solved = 0
+    for trial in range(20):
+        k = int(rng.integers(1, 30))
+        C = rng.standard_normal((k, 2 * r)) * rng.uniform(0.1, 10, size=(k, 1))
+        if trial % 2:  # one-sided rows: some touch only x_u or only x_v (as the sign rows do)
+            C[: k // 3, r:] = 0
+            C[k // 3: 2 * k // 3, :r] = 0
+        h = rng.standard_normal(k)
+        ln = _LeastNorm(C, h, np.zeros((0, 2 * r)), np.zeros(0), r, 1e-10)
+        got = ln.fixed_set_root(list(range(k)), float(rng.uniform(0.05, 0.95)))
+        if got is None:  # the rows cannot be met with equal norms (e.g. a one-sided row set)
+            continue
+        w, x, lam = got
+        solved += 1
+        assert 0 < w < 1
+        np.testing.assert_allclose(C @ x, h, atol=1e-8 * max(1, np.abs(h).max()))
+        nu, nv = np.linalg.norm(x[:r]), np.linalg.norm(x[r:])
+        assert nu == pytest.approx(nv, rel=1e-7)
+        # stationarity of the weighted least-norm problem at w: D x = -C' lam
+        np.testing.assert_allclose(np.concatenate([w * x[:r], (1 - w) * x[r:]]), -C.T @ lam, atol=1e-8 * np.abs(x).max())
+    assert solved >= 15

@@ -209,27 +209,29 @@ class _LeastNorm:
         r = self.r
         Nx, e = self._rows(W)
         Ku, Kv = Nx[:, :r] @ Nx[:, :r].T, Nx[:, r:] @ Nx[:, r:].T
-        # the multipliers solve (Ku / w + Kv / (1 - w)) lam = -e. One generalised eigen-
-        # decomposition Ku X = (Ku + Kv) X diag(g), X' (Ku + Kv) X = I, diagonalises that matrix
-        # for every w at once, so each evaluation of phi below costs O(|W|), not a factorisation
-        try:
-            g, X = scipy.linalg.eigh(Ku, Ku + Kv, check_finite=False)
-        except (np.linalg.LinAlgError, ValueError):
-            return None
-        g = np.clip(g, 0.0, 1.0)
-        f = X.T @ e
-
-        def coef(w):
-            return f / (g / w + (1 - g) / (1 - w))  # lam = -X coef(w)
+        # the multipliers solve M(w) lam = -e with M(w) = Ku / w + Kv / (1 - w) (positive
+        # definite: the working rows are independent). phi(w) = |x_u|^2 - |x_v|^2 is
+        # non-increasing in w, and phi' costs one more solve with the same Cholesky factor,
+        # so safeguarded Newton finds the root in a few factorisations of a |W| x |W| matrix
+        # (a generalised eigendecomposition, for O(|W|) evaluations, costs about 25 of them)
 
         def phi(w):
-            c2 = coef(w) ** 2
-            return float(c2 @ g) / w ** 2 - float(c2 @ (1 - g)) / (1 - w) ** 2
+            iw, iv = 1.0 / w, 1.0 / (1.0 - w)
+            cf = scipy.linalg.cho_factor(Ku * iw + Kv * iv, lower=True, check_finite=False)
+            lam = -scipy.linalg.cho_solve(cf, e, check_finite=False)
+            ku, kv = Ku @ lam, Kv @ lam
+            a, b = float(lam @ ku), float(lam @ kv)
+            q = kv * iv * iv - ku * iw * iw  # dM/dw lam
+            d = 2 * float(q @ scipy.linalg.cho_solve(cf, q, check_finite=False)) - 2 * a * iw ** 3 - 2 * b * iv ** 3
+            return a * iw * iw - b * iv * iv, d, lam, a * iw * iw + b * iv * iv
 
-        w = _root(phi, w0, 1e-14, 100)
+        try:
+            w = _newton_root(phi, w0)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
         if w is None:
             return None
-        lm = -X @ coef(w)
+        _, _, lm, _ = phi(w)
         x = np.concatenate([-Nx[:, :r].T @ lm / w, -Nx[:, r:].T @ lm / (1 - w)])
         return w, x, lm
 
@@ -242,40 +244,36 @@ class _LeastNorm:
         return not s.size or float(s.max()) <= self.tol
 
 
-def _root(phi, w0, rel_tol, max_steps):
-    """Root of a non-increasing phi on (0, 1): bracket outward from w0, then Illinois."""
+def _newton_root(phi, w0, max_steps=100):
+    """Root of a non-increasing phi on (0, 1), phi(w) -> (value, derivative, payload, scale):
+    Newton steps kept inside a sign bracket (bisection when a step leaves it or stalls);
+    None when phi has no sign change in (0, 1)."""
     lo_lim, hi_lim = 1e-9, 1 - 1e-9
+    lo, hi = 0.0, 1.0  # phi > 0 left of the root, <= 0 right of it
     w = min(max(w0, 1e-6), 1 - 1e-6)
-    f = phi(w)
-    lo = hi = None
     for _ in range(max_steps):
-        if f > 0:
-            lo = (w, f)
-        else:
-            hi = (w, f)
-        if f == 0:
+        f, d, _, scale = phi(w)
+        if abs(f) <= 1e-13 * scale:
             return w
-        if lo is None:
-            if w <= lo_lim:
-                return None
-            w = max(lo_lim, w / 8)
-        elif hi is None:
-            if w >= hi_lim:
-                return None
-            w = min(hi_lim, 1 - (1 - w) / 8)
+        if f > 0:
+            lo = w
         else:
-            if hi[0] - lo[0] <= rel_tol:
-                return lo[0] if abs(lo[1]) < abs(hi[1]) else hi[0]
-            w = hi[0] - hi[1] * (hi[0] - lo[0]) / (hi[1] - lo[1])
-            if not lo[0] < w < hi[0]:
-                w = (lo[0] + hi[0]) / 2
-        prev_side = f > 0
-        f = phi(w)
-        if lo is not None and hi is not None and (f > 0) == prev_side:
-            if f > 0:
-                hi = (hi[0], hi[1] / 2)
+            hi = w
+        if hi - lo <= 1e-14:
+            return w
+        nw = w - f / d if d < 0 else math.nan
+        if not lo < nw < hi:  # outside the bracket (or a useless derivative): bisect,
+            if hi == 1.0:     # or walk towards an open end geometrically
+                nw = 1 - (1 - w) / 8
+            elif lo == 0.0:
+                nw = w / 8
             else:
-                lo = (lo[0], lo[1] / 2)
+                nw = (lo + hi) / 2
+        if nw <= lo_lim or nw >= hi_lim:
+            return None
+        if abs(nw - w) <= 1e-15 * max(w, 1 - w):
+            return nw
+        w = nw
     return None
 
 
