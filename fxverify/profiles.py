@@ -36,18 +36,22 @@ class SolverProfile:
     fallback_options: SolverOptions | None = None
     #: descent: start each ReLU cut at the midpoint's patterns or at the shallower cut's collision
     start: str = "midpoint"
+    #: descent: when no safe flip is left, try the dual-suggested flips that leave the current
+    #: point infeasible (one more cone LP per descent)
+    risky_flips: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "method": self.method, "backend": self.backend,
                 "time_limit": self.options.time_limit, "rel_gap": self.options.rel_gap,
                 "threads": self.options.threads, "options": dict(self.options.native),
-                "max_iterations": self.max_iterations, "start": self.start, "source": self.source,
+                "max_iterations": self.max_iterations, "start": self.start,
+                "risky_flips": self.risky_flips, "source": self.source,
                 **({"fallback": self.fallback, "fallback_options": dict(self.fallback_options.native)}
                    if self.fallback else {})}
 
     def with_overrides(self, overrides: dict[str, Any]) -> SolverProfile:
         """Apply ``key=value`` overrides: portable keys (time_limit, rel_gap, threads,
-        max_iterations, method, start) or backend options."""
+        max_iterations, method, start, risky_flips) or backend options."""
         opts, prof = self.options, self
         native = dict(opts.native)
         for k, v in overrides.items():
@@ -63,6 +67,10 @@ class SolverProfile:
                 if v not in STARTS:
                     raise SolverError(f"unknown start {v!r}; starts: {', '.join(STARTS)}")
                 prof = replace(prof, start=v)
+            elif k == "risky_flips":
+                if not isinstance(v, bool):
+                    raise SolverError(f"risky_flips must be true or false, not {v!r}")
+                prof = replace(prof, risky_flips=v)
             else:
                 native[k] = v
         return replace(prof, options=replace(opts, native=native))
@@ -89,7 +97,7 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
     fb = doc.get("fallback")
     return SolverProfile(name=name, method=doc["method"], backend=doc["backend"], options=opts,
                          max_iterations=int(doc.get("max_iterations", 50)), description=doc.get("description", ""),
-                         start=doc.get("start", "midpoint"),
+                         start=doc.get("start", "midpoint"), risky_flips=bool(doc.get("risky_flips", False)),
                          source=source, fallback=fb["backend"] if fb else None,
                          fallback_options=SolverOptions(native=dict(fb.get("options", {}))) if fb else None)
 

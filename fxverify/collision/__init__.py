@@ -93,7 +93,8 @@ class Collider:
         if cut not in self._descents:
             self._descents[cut] = ReluDescent(self.chain(cut), self.backend, self.profile.options,
                                               faithful=self.method == "faithful",
-                                              max_iter=self.profile.max_iterations, fallback=self.fallback)
+                                              max_iter=self.profile.max_iterations, fallback=self.fallback,
+                                              risky_flips=self.profile.risky_flips)
         return self._descents[cut]
 
     # ----------------------------------------------------------------------------------

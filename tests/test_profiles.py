@@ -1,0 +1,55 @@
+"""Solver profiles: the shipped ones, overrides, validation, and the descent switches they carry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fxverify
+from fxverify.collision import Collider
+from fxverify.data import load_embedded, select_points
+from fxverify.errors import SolverError
+from fxverify.profiles import load_profile
+
+
+def test_default_profile_descent_switches():
+    p = load_profile(None)
+    assert (p.method, p.start, p.risky_flips) == ("descent", "midpoint", False)
+    d = p.to_dict()
+    assert d["start"] == "midpoint" and d["risky_flips"] is False
+
+
+def test_overrides_are_checked():
+    p = load_profile("descent-activeset")
+    assert p.with_overrides({"risky_flips": True}).risky_flips is True
+    assert p.with_overrides({"start": "shallower"}).start == "shallower"
+    with pytest.raises(SolverError, match="risky_flips must be true or false"):
+        p.with_overrides({"risky_flips": "yes"})
+    with pytest.raises(SolverError, match="unknown start 'middle'"):
+        p.with_overrides({"start": "middle"})
+
+
+def test_profile_file_fields_are_validated(tmp_path):
+    good = {"version": 1, "method": "descent", "backend": "activeset", "risky_flips": True, "start": "shallower"}
+    (tmp_path / "p.json").write_text(json.dumps(good))
+    p = load_profile(str(tmp_path / "p.json"))
+    assert p.risky_flips is True and p.start == "shallower"
+    (tmp_path / "bad.json").write_text(json.dumps(dict(good, risky_flips=1)))
+    with pytest.raises(SolverError, match="risky_flips"):
+        load_profile(str(tmp_path / "bad.json"))
+
+
+def test_risky_flips_only_add_lp_solves_and_never_raise_eps(shipped_model):
+    net = fxverify.load_model(shipped_model)
+    pts = select_points(load_embedded("mnist"), (3, 7), 6)
+    plain = Collider(net, load_profile(None))
+    risky = Collider(net, load_profile(None).with_overrides({"risky_flips": True}))
+    extra = 0
+    for i, j in [(0, 1), (2, 3), (4, 5), (5, 0)]:
+        a = plain.collide_cuts(pts.X_a[i], pts.X_b[j], ("relu1",))["relu1"]
+        b = risky.collide_cuts(pts.X_a[i], pts.X_b[j], ("relu1",))["relu1"]
+        assert b.eps <= a.eps * (1 + 1e-9)
+        assert b.iterations >= a.iterations
+        extra += b.iterations - a.iterations
+    assert extra > 0, "the risky flips were never tried"
