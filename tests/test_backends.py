@@ -149,24 +149,41 @@ def test_activeset_fixed_set_root_balances_the_norms_on_the_rows():
 
     rng = np.random.default_rng(11)
     r = 20
-    solved = 0
     for trial in range(20):
         k = int(rng.integers(1, 30))
         C = rng.standard_normal((k, 2 * r)) * rng.uniform(0.1, 10, size=(k, 1))
-        if trial % 2:  # one-sided rows: some touch only x_u or only x_v (as the sign rows do)
-            C[: k // 3, r:] = 0
-            C[k // 3: 2 * k // 3, :r] = 0
         h = rng.standard_normal(k)
         ln = _LeastNorm(C, h, np.zeros((0, 2 * r)), np.zeros(0), r, 1e-10)
-        got = ln.fixed_set_root(list(range(k)), float(rng.uniform(0.05, 0.95)))
-        if got is None:  # the rows cannot be met with equal norms (e.g. a one-sided row set)
-            continue
-        w, x, lam = got
-        solved += 1
+        w, x, lam = ln.fixed_set_root(list(range(k)), float(rng.uniform(0.05, 0.95)))
         assert 0 < w < 1
         np.testing.assert_allclose(C @ x, h, atol=1e-8 * max(1, np.abs(h).max()))
-        nu, nv = np.linalg.norm(x[:r]), np.linalg.norm(x[r:])
-        assert nu == pytest.approx(nv, rel=1e-7)
+        assert np.linalg.norm(x[:r]) == pytest.approx(np.linalg.norm(x[r:]), rel=1e-7)
         # stationarity of the weighted least-norm problem at w: D x = -C' lam
         np.testing.assert_allclose(np.concatenate([w * x[:r], (1 - w) * x[r:]]), -C.T @ lam, atol=1e-8 * np.abs(x).max())
-    assert solved >= 15
+
+
+def test_activeset_fixed_set_root_matches_the_eigendecomposition_on_one_sided_rows():
+    """Rows touching one point only (the descent's sign rows) put roots at extreme weights,
+    where the Newton iteration hands over to the eigendecomposition: both give the same root."""
+    from fxverify.backends.activeset import _LeastNorm
+
+    rng = np.random.default_rng(0)
+    r, roots, extreme = 20, 0, 0
+    for _ in range(200):
+        k = int(rng.integers(2, 30))
+        C = rng.standard_normal((k, 2 * r))
+        nu = int(rng.integers(0, k))
+        nv = int(rng.integers(nu, k + 1))
+        C[:nu, r:] = 0
+        C[nu:nv, :r] = 0
+        C *= rng.uniform(0.01, 10, size=(k, 1))
+        h = rng.standard_normal(k) * rng.uniform(0.01, 10)
+        ln = _LeastNorm(C, h, np.zeros((0, 2 * r)), np.zeros(0), r, 1e-10)
+        got = ln.fixed_set_root(list(range(k)), float(rng.uniform(0.01, 0.99)))
+        ref = ln._eigen_root(C[:, :r] @ C[:, :r].T, C[:, r:] @ C[:, r:].T, h, 0.5)
+        assert (got is None) == (ref is None)
+        if got is not None:
+            roots += 1
+            extreme += min(ref[0], 1 - ref[0]) < 1e-5
+            assert got[0] == pytest.approx(ref[0], abs=1e-12)
+    assert roots > 100 and 0 < extreme < roots
