@@ -78,6 +78,7 @@ class _LeastNorm:
         self.Cn = np.sqrt(np.einsum("ij,ij->i", C, C))
         self.Cn[self.Cn == 0] = 1.0
         self.n_eq = A.shape[0]
+        self._gram = None  # (working set, Ku, Kv) of the last fixed-set root
 
     def _rows(self, idx):
         """Rows (in x) and right-hand sides of working-set entries."""
@@ -102,7 +103,13 @@ class _LeastNorm:
                 return W, np.zeros((0, 2 * self.r)), np.zeros((0, 0)), np.zeros(0)
             N, e = self._rows(W)
             N *= sc
-            L = scipy.linalg.cholesky(N @ N.T, lower=True, check_finite=False)
+            if self._gram is not None and self._gram[0] == W:
+                # the weighted Gram of a working set the weight root just factored: N N' =
+                # Ku / w + Kv / (1 - w), no product of the rows again
+                G = self._gram[1] * (sc[0] * sc[0]) + self._gram[2] * (sc[-1] * sc[-1])
+            else:
+                G = N @ N.T
+            L = scipy.linalg.cholesky(G, lower=True, check_finite=False)
             pi = -scipy.linalg.cho_solve((L, True), e, check_finite=False)
             neg = (pi < 0) & (np.asarray(W) >= 0)
             if not neg.any():
@@ -209,6 +216,7 @@ class _LeastNorm:
         r = self.r
         Nx, e = self._rows(W)
         Ku, Kv = Nx[:, :r] @ Nx[:, :r].T, Nx[:, r:] @ Nx[:, r:].T
+        self._gram = (list(W), Ku, Kv)
         # the multipliers solve M(w) lam = -e with M(w) = Ku / w + Kv / (1 - w) (positive
         # definite: the working rows are independent). phi(w) = |x_u|^2 - |x_v|^2 is
         # non-increasing in w, and phi' costs one more solve with the same Cholesky factor,
