@@ -278,6 +278,26 @@ def test_wide_layer_with_redundant_equalities(tmp_path):
     assert _independent_rows(A3, A3 @ np.ones(5) + np.array([0, 0, 1.0])) is None  # inconsistent
 
 
+def test_first_layer_equalities_skip_the_independence_check_only_when_sound(tmp_path, shipped_model):
+    rng = np.random.default_rng(2)
+    wide = Collider(fcnn(tmp_path, [rng.standard_normal((9, 3))], [np.full(9, 5.0)]))
+    assert not wide._descent("relu1")._first_layer_rows_independent  # 9 rows in 3 dimensions
+    net = fxverify.load_model(shipped_model)
+    from fxverify.data import load_embedded, select_points
+
+    pts = select_points(load_embedded("mnist"), (3, 7), 2)
+    col = Collider(net)
+    d = col._descent("relu1")
+    assert d._first_layer_rows_independent
+    u, v = pts.X_a[0], pts.X_b[1]
+    pat = d.patterns_at((u + v) / 2, (u + v) / 2)
+    fast = d.build(u, v, pat).problem
+    d._first_layer_rows_independent = False
+    checked = d.build(u, v, pat).problem
+    np.testing.assert_array_equal(fast.A, checked.A)
+    np.testing.assert_array_equal(fast.b, checked.b)
+
+
 # ------------------------------------------------------------------ failures --------------
 def test_a_fake_collision_fails_verification(tmp_path):
     net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])

@@ -127,6 +127,15 @@ class ReluDescent:
         self.r = rs.rank
         self.M = chain.weights[0] @ self.V  # m1 x r
         self.n_hidden = chain.n_relu if chain.final else chain.n_relu - 1
+        # at the first ReLU layer the equalities are rows of M (both points' copies): when the
+        # unit rows of M are well conditioned, every subset is independent (eigenvalues of a
+        # principal submatrix of their Gram matrix lie above its smallest), so the per-LP check
+        # can be skipped
+        self._first_layer_rows_independent = False
+        if not chain.final and chain.n_relu == 1 and self.M.shape[0] <= self.M.shape[1]:
+            Mn = self.M / np.maximum(np.linalg.norm(self.M, axis=1, keepdims=True), 1e-300)
+            lam_min = float(np.linalg.eigvalsh(Mn @ Mn.T)[0]) if Mn.size else 0.0
+            self._first_layer_rows_independent = lam_min > GRAM_TOL ** 2
 
     # ------------------------------------------------------------------ patterns --------
     def pre_activations(self, x: np.ndarray) -> list[np.ndarray]:
@@ -241,7 +250,7 @@ class ReluDescent:
             i += k
         A = b = None
         if eq_A is not None and eq_A.shape[0]:
-            reduced = _independent_rows(eq_A, eq_b)
+            reduced = _independent_rows(eq_A, eq_b, independent=self._first_layer_rows_independent)
             if reduced is None:
                 return None  # inconsistent equalities: no collision with these patterns
             if reduced[0].shape[0]:
@@ -374,8 +383,11 @@ class ReluDescent:
         return out
 
 
-def _independent_rows(A: np.ndarray, b: np.ndarray):
+def _independent_rows(A: np.ndarray, b: np.ndarray, independent: bool = False):
     """Drop linearly dependent rows of A x = b (pivoted QR), normalising the rest.
+
+    ``independent``: the caller knows that the non-zero rows are independent (with margin);
+    they are only normalised.
 
     Returns (A', b') with possibly zero rows, or None when the system is inconsistent.
     cvxopt needs rank(A) = rows(A); given dependent rows it reports 'unknown' with a wrong
@@ -386,7 +398,7 @@ def _independent_rows(A: np.ndarray, b: np.ndarray):
     if np.any(np.abs(b[~nz]) > 1e-9 * max(1.0, float(np.abs(b).max(initial=0.0)))):
         return None
     A, b = A[nz] / scale[nz, None], b[nz] / scale[nz]
-    if A.shape[0] == 0:
+    if A.shape[0] == 0 or independent:
         return A, b
     if A.shape[0] <= A.shape[1]:
         # fast path: unit rows whose Gram matrix is safely positive definite are independent
