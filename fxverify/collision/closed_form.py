@@ -67,19 +67,28 @@ def all_pairs_eps(chain: Chain, Xa: np.ndarray, Xb: np.ndarray, block: int = DEF
         out = np.empty((na, nb))
     sa = np.einsum("ij,ij->i", Pa, Pa)
     sb = np.einsum("ij,ij->i", Pb, Pb)
+    # one set of block buffers for the whole matrix: fresh temporaries per block cost more in
+    # page faults (the kernel zero-fills them) than the arithmetic itself
+    rows = min(block, na)
+    G, S = np.empty((rows, nb)), np.empty((rows, nb))
+    R = np.empty((rows, nb), dtype=bool)
+    PbT = Pb.T
     for i0 in range(0, na, block):
         i1 = min(na, i0 + block)
-        G = Pa[i0:i1] @ Pb.T
-        d2 = sa[i0:i1, None] + sb[None, :] - 2.0 * G
+        g, sc, risky = G[:i1 - i0], S[:i1 - i0], R[:i1 - i0]
+        np.matmul(Pa[i0:i1], PbT, out=g)
+        np.add(sa[i0:i1, None], sb[None, :], out=sc)
+        g *= -2.0
+        g += sc  # d2 = |a|^2 + |b|^2 - 2 a.b
         # cancellation: where d2 is tiny compared with |a|^2 + |b|^2, recompute exactly
-        scale = sa[i0:i1, None] + sb[None, :]
-        risky = d2 < 1e-8 * scale
+        sc *= 1e-8
+        np.less(g, sc, out=risky)
         if risky.any():
             ii, jj = np.nonzero(risky)
             diff = Pa[i0 + ii] - Pb[jj]
-            d2[ii, jj] = np.einsum("ij,ij->i", diff, diff)
-        np.maximum(d2, 0.0, out=d2)
-        np.sqrt(d2, out=out[i0:i1])
+            g[ii, jj] = np.einsum("ij,ij->i", diff, diff)
+        np.maximum(g, 0.0, out=g)
+        np.sqrt(g, out=out[i0:i1])
         out[i0:i1] /= 2.0 * unit
     return out
 
