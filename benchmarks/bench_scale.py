@@ -104,33 +104,38 @@ def inprocess_cpu_per_pair(model: str, spec: dict, k: int, pairs: int, solver: s
 
 
 def anytime_quality(model: str, spec: dict, k: int, solver: str | None, out: Path,
-                    fractions: list[float]) -> tuple[list[list], int]:
+                    fractions: list[float]) -> tuple[list[list], int] | None:
     """How close the bounds of a run stopped by --time-budget come to the full run's, by pair order.
 
     Loads the complete store of the K = k run (nothing is recomputed) and, for each order and
     each fraction f, keeps only the first f of the descent pairs in that order (the others take
     the shallower closed-form budget, as an interrupted run does). Reports the share of the
     bound improvement (full run over no descent pair at all) that the kept pairs already give,
-    summed over the descent cuts and the eps grid, for the 0-1 and the cross-entropy bound."""
+    summed over the descent cuts and the eps grid, for the 0-1 and the cross-entropy bound.
+    None when the spec has no descent cut."""
     from dataclasses import replace
 
     import numpy as np
 
     import fxverify
     from fxverify.analysis import bounds_from_distances
-    from fxverify.pipeline import Distances, compute_distances, promise_order
+    from fxverify.collision import Collider
+    from fxverify.pipeline import Distances, compute_distances, promise_budgets, promise_order
     from fxverify.profiles import load_profile
     from fxverify.spec import parse_spec
 
     sp = parse_spec(dict(spec, n_per_class=k))
     net = fxverify.load_model(model)
     pts = sp.load_points()
-    d = compute_distances(net, pts, sp.resolve_cuts(net), load_profile(solver or sp.solver), out)
+    profile = load_profile(solver or sp.solver)
+    d = compute_distances(net, pts, sp.resolve_cuts(net), profile, out)
     if not d.complete:
         raise SystemExit(f"error: the K = {k} store in {out} is incomplete")
     closed = [c for c in d.cuts if d.by_cut[c].method == "closed_form"]
     paired = [c for c in d.cuts if c not in closed]
-    shallow = np.minimum.reduce([d.by_cut[c].eps for c in d.cuts[:d.cuts.index(paired[0])] if c in closed])
+    if not paired:
+        return None
+    shallow = promise_budgets(Collider(net, profile), pts, paired[0])  # what the pipeline orders by
     n_a, n_b = shallow.shape
     orders = {"file (row by row)": [(i, j) for i in range(n_a) for j in range(n_b)],
               "closed-form eps ascending": [divmod(int(f), n_b) for f in np.argsort(shallow, axis=None, kind="stable")],
@@ -190,9 +195,10 @@ def main() -> int:
             runs.append(run_bound(args.model, base, k, args.jobs, args.solver, work))
             r = runs[-1]
             print(f"  K = {k}: {r['pairs']} pairs in {r['wall']:.1f} s wall", flush=True)
+        anytime = None
         if args.anytime:
-            any_rows, any_pairs = anytime_quality(args.model, base, runs[-1]["k"], args.solver,
-                                                  work / f"out_k{runs[-1]['k']}", args.anytime)
+            anytime = anytime_quality(args.model, base, runs[-1]["k"], args.solver, work / f"out_k{runs[-1]['k']}",
+                                      args.anytime)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -239,7 +245,8 @@ def main() -> int:
         print(f"in this process, {m} pairs spread over K = {last['k']}: {inproc:.4f} CPU s/pair at the descent cuts; "
               f"the command's CPU per pair is {cpu_pp / inproc:.2f}x that")
 
-    if args.anytime:
+    if anytime is not None:
+        any_rows, any_pairs = anytime
         print(f"\nAnytime (--time-budget): share of the full run's bound improvement over the closed forms alone "
               f"that the first pairs\nof each order give (0-1 / cross-entropy, summed over the descent cuts and "
               f"eps values; K = {last['k']}, {any_pairs} pairs):")

@@ -138,13 +138,16 @@ def promise_order(eps: np.ndarray, pairs=None) -> list[tuple[int, int]]:
     return [(int(ii[k]), int(jj[k])) for k in order]
 
 
-def _promise_eps(collider: Collider, points: Points, net: Network, first_paired: str, store: ResultStore) -> np.ndarray:
-    """Upper bounds on every pair's budget at the first descent cut: the deepest closed-form cut
-    before it (from the store when the run computed it)."""
+def promise_budgets(collider: Collider, points: Points, first_paired: str,
+                    store: ResultStore | None = None) -> np.ndarray:
+    """Upper bounds on every pair's budget at the descent cut ``first_paired``, to order pairs
+    by: the closed form at the deepest identity or affine cut before it (from ``store`` when
+    the run computed it there)."""
+    net = collider.net
     before = net.cuts[:net.cuts.index(first_paired)]
     shallow = [c for c in before if collider.chain(c).kind in ("identity", "affine")]
     cut = shallow[-1] if shallow else "input"
-    stored = store.matrix(cut)
+    stored = store.matrix(cut) if store is not None else None
     if stored is not None and np.isfinite(stored[0]).all():
         return stored[0]
     return all_pairs_eps(collider.chain(cut), points.X_a, points.X_b)
@@ -187,7 +190,7 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profi
             done = set.intersection(*(store.done_pairs(c) for c in paired))
             todo = [(i, j) for i in range(n_a) for j in range(n_b) if (i, j) not in done]
             if todo and order == "promise":
-                todo = promise_order(_promise_eps(collider, points, net, paired[0], store), todo)
+                todo = promise_order(promise_budgets(collider, points, paired[0], store), todo)
             total = n_a * n_b
             if progress:
                 progress("descent", len(done), total)

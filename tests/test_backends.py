@@ -162,14 +162,15 @@ def test_activeset_fixed_set_root_balances_the_norms_on_the_rows():
         np.testing.assert_allclose(np.concatenate([w * x[:r], (1 - w) * x[r:]]), -C.T @ lam, atol=1e-8 * np.abs(x).max())
 
 
-def test_activeset_fixed_set_root_matches_the_eigendecomposition_on_one_sided_rows():
-    """Rows touching one point only (the descent's sign rows) put roots at extreme weights,
-    where the Newton iteration hands over to the eigendecomposition: both give the same root."""
-    from fxverify.backends.activeset import _LeastNorm
+def test_activeset_fixed_set_root_on_one_sided_rows_is_a_root_or_none():
+    """Rows touching one point only (the descent's sign rows) make phi jump near w = 0 or 1,
+    where rounding fakes sign changes: a returned weight must still balance the norms and be
+    stationary (else None, and the solver searches the weight with full solves)."""
+    from fxverify.backends.activeset import BALANCE_TOL, _LeastNorm
 
     rng = np.random.default_rng(0)
-    r, roots, extreme = 20, 0, 0
-    for _ in range(200):
+    r, roots, nones = 20, 0, 0
+    for _ in range(300):
         k = int(rng.integers(2, 30))
         C = rng.standard_normal((k, 2 * r))
         nu = int(rng.integers(0, k))
@@ -180,10 +181,14 @@ def test_activeset_fixed_set_root_matches_the_eigendecomposition_on_one_sided_ro
         h = rng.standard_normal(k) * rng.uniform(0.01, 10)
         ln = _LeastNorm(C, h, np.zeros((0, 2 * r)), np.zeros(0), r, 1e-10)
         got = ln.fixed_set_root(list(range(k)), float(rng.uniform(0.01, 0.99)))
-        ref = ln._eigen_root(C[:, :r] @ C[:, :r].T, C[:, r:] @ C[:, r:].T, h, 0.5)
-        assert (got is None) == (ref is None)
-        if got is not None:
-            roots += 1
-            extreme += min(ref[0], 1 - ref[0]) < 1e-5
-            assert got[0] == pytest.approx(ref[0], abs=1e-12)
-    assert roots > 100 and 0 < extreme < roots
+        if got is None:
+            nones += 1
+            continue
+        roots += 1
+        w, x, lam = got
+        nu2, nv2 = x[:r] @ x[:r], x[r:] @ x[r:]
+        assert abs(nu2 - nv2) <= BALANCE_TOL * (nu2 + nv2)
+        np.testing.assert_allclose(C @ x, h, atol=1e-7 * max(1, np.abs(h).max()))
+        np.testing.assert_allclose(np.concatenate([w * x[:r], (1 - w) * x[r:]]), -C.T @ lam,
+                                   atol=1e-7 * np.abs(x).max())
+    assert roots > 100 and nones > 0

@@ -221,7 +221,9 @@ class _LeastNorm:
         # definite: the working rows are independent). phi(w) = |x_u|^2 - |x_v|^2 is
         # non-increasing in w, and phi' costs one more solve with the same Cholesky factor,
         # so safeguarded Newton finds the root in a few factorisations of a |W| x |W| matrix
-        # (a generalised eigendecomposition, for O(|W|) evaluations, costs about 25 of them)
+        # (a generalised eigendecomposition, which diagonalises M(w) for every w at once,
+        # costs about 25 of them, and is no more accurate at the extreme weights where the
+        # rows touching one point only make phi jump)
 
         def phi(w):
             iw, iv = 1.0 / w, 1.0 / (1.0 - w)
@@ -235,40 +237,19 @@ class _LeastNorm:
 
         try:
             w = _newton_root(phi, w0)
-            lm = phi(w)[2] if w is not None else None
-        except (np.linalg.LinAlgError, ValueError):
-            w = None
-        if w is None:
-            # roots at extreme weights (w or 1 - w below ~1e-6, with rows that touch only one
-            # point) are beyond the factorisation's precision: diagonalise instead
-            got = self._eigen_root(Ku, Kv, e, w0)
-            if got is None:
+            if w is None:
                 return None
-            w, lm = got
-        x = np.concatenate([-Nx[:, :r].T @ lm / w, -Nx[:, r:].T @ lm / (1 - w)])
-        return w, x, lm
-
-    @staticmethod
-    def _eigen_root(Ku, Kv, e, w0):
-        """The fixed-set root by one generalised eigendecomposition Ku X = (Ku + Kv) X diag(g),
-        X' (Ku + Kv) X = I, which diagonalises M(w) for every w at once (exact at any weight;
-        about 25 Cholesky factorisations' worth of work)."""
-        try:
-            g, X = scipy.linalg.eigh(Ku, Ku + Kv, check_finite=False)
+            lm = phi(w)[2]
         except (np.linalg.LinAlgError, ValueError):
             return None
-        g = np.clip(g, 0.0, 1.0)
-        f = X.T @ e
-
-        def coef(w):
-            return f / (g / w + (1 - g) / (1 - w))  # lam = -X coef(w)
-
-        def phi(w):
-            c2 = coef(w) ** 2
-            return float(c2 @ g) / w ** 2 - float(c2 @ (1 - g)) / (1 - w) ** 2
-
-        w = _root(phi, w0, 1e-14, 100)
-        return None if w is None else (w, -X @ coef(w))
+        x = np.concatenate([-Nx[:, :r].T @ lm / w, -Nx[:, r:].T @ lm / (1 - w)])
+        nu, nv = float(x[:r] @ x[:r]), float(x[r:] @ x[r:])
+        if not abs(nu - nv) <= BALANCE_TOL * (nu + nv):
+            # a sign change of the computed phi that is not a root (rounding blown up at an
+            # extreme weight, w or 1 - w ~ 1e-8): not the fixed-set optimum. The caller then
+            # searches the weight with full solves
+            return None
+        return w, x, lm
 
     def kkt(self, x, W, pi) -> bool:
         """Is x (with multipliers pi on W) optimal: feasible and dual feasible?"""
@@ -277,6 +258,10 @@ class _LeastNorm:
             return False
         s = (self.C @ x - self.h) / self.Cn
         return not s.size or float(s.max()) <= self.tol
+
+
+#: a fixed-set root must balance the squared norms to this relative accuracy
+BALANCE_TOL = 1e-8
 
 
 def _newton_root(phi, w0, max_steps=100):
@@ -311,43 +296,6 @@ def _newton_root(phi, w0, max_steps=100):
         if abs(nw - w) <= 1e-15 * max(w, 1 - w):
             return nw
         w = nw
-    return None
-
-
-def _root(phi, w0, rel_tol, max_steps):
-    """Root of a non-increasing phi on (0, 1): bracket outward from w0, then Illinois."""
-    lo_lim, hi_lim = 1e-9, 1 - 1e-9
-    w = min(max(w0, 1e-6), 1 - 1e-6)
-    f = phi(w)
-    lo = hi = None
-    for _ in range(max_steps):
-        if f > 0:
-            lo = (w, f)
-        else:
-            hi = (w, f)
-        if f == 0:
-            return w
-        if lo is None:
-            if w <= lo_lim:
-                return None
-            w = max(lo_lim, w / 8)
-        elif hi is None:
-            if w >= hi_lim:
-                return None
-            w = min(hi_lim, 1 - (1 - w) / 8)
-        else:
-            if hi[0] - lo[0] <= rel_tol:
-                return lo[0] if abs(lo[1]) < abs(hi[1]) else hi[0]
-            w = hi[0] - hi[1] * (hi[0] - lo[0]) / (hi[1] - lo[1])
-            if not lo[0] < w < hi[0]:
-                w = (lo[0] + hi[0]) / 2
-        prev_side = f > 0
-        f = phi(w)
-        if lo is not None and hi is not None and (f > 0) == prev_side:
-            if f > 0:
-                hi = (hi[0], hi[1] / 2)
-            else:
-                lo = (lo[0], lo[1] / 2)
     return None
 
 
