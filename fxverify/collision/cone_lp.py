@@ -152,12 +152,11 @@ class ReluDescent:
         return Patterns([z > 0 for z in zu[:H]], [z > 0 for z in zv[:H]], shared)
 
     # ------------------------------------------------------------------ the cone LP -----
-    def _hidden_jacobian(self, k: int, s: np.ndarray) -> np.ndarray:
-        """W_k diag(s) G_{k-1} for k >= 1: the layer-k pre-activations' Jacobian in a, given the
-        patterns of the layers below (only layer 1's pattern for k = 1; deeper layers are
-        recomputed). For k = 1 the last few results of the current pair are kept, and a pattern
-        close to a kept one is updated in rank |flips| instead of recomputed: descent steps flip
-        a few units."""
+    def _layer2_jacobian(self, s: np.ndarray) -> np.ndarray:
+        """W_2 diag(s) M: the layer-2 pre-activations' Jacobian in a, given layer 1's pattern s.
+        The last few results of the current pair are kept, and a pattern close to a kept one is
+        updated in rank |flips| instead of recomputed: descent steps flip a few units (deeper
+        layers' Jacobians are recomputed in :meth:`_affine_in_alpha`)."""
         W = self.chain.weights[1]
         key = s.tobytes()
         hit = self._jac_cache.get(key)
@@ -190,7 +189,7 @@ class ReluDescent:
         for k in range(1, self.chain.n_relu):
             s = hidden[k - 1]
             c = W[k] @ np.where(s, c, 0.0) + b[k]
-            G = self._hidden_jacobian(k, s) if k == 1 else W[k] @ (s[:, None] * G)
+            G = self._layer2_jacobian(s) if k == 1 else W[k] @ (s[:, None] * G)
             cs.append(c)
             Gs.append(G)
         return cs, Gs
@@ -199,8 +198,8 @@ class ReluDescent:
         r, H = self.r, self.n_hidden
         cu, Gu = self._affine_in_alpha(u, pat.hidden_u)
         cv, Gv = self._affine_in_alpha(v, pat.hidden_v)
-        # inequality rows  C_row . (a_u, a_v) <= h, written straight into one array:
-        # (block_u, block_v, rhs, type, layer, point, units) per block
+        # inequality rows  C_row . (a_u, a_v) <= h, collected per block as (point whose columns
+        # they fill, rows, rhs, type, layer, units), then written straight into one array
         blocks = []
         for k in range(H):
             for point, (c, G, s) in enumerate(((cu[k], Gu[k], pat.hidden_u[k]), (cv[k], Gv[k], pat.hidden_v[k]))):
