@@ -4,18 +4,24 @@ Three sources, all giving images in file order with integer labels:
 
 * an IDX directory in the MNIST / Fashion-MNIST layout (``train-images-idx3-ubyte`` and
   ``train-labels-idx1-ubyte``, ``t10k-*`` for the test split; plain or ``.gz``);
-* an ``.npz`` file with arrays ``X`` (n x d or n x h x w) and ``y`` (n);
-* an embedded set shipped inside the package: the first 500 training images of MNIST digits
-  3 and 7 (``mnist``) and of Fashion-MNIST classes 3 (dress) and 7 (sneaker)
+* an ``.npz`` file with arrays ``X`` (n x d, n x h x w, or n x C x H x W / n x H x W x C with
+  the layout stated), ``y`` (n) and optionally ``index`` (n, each image's position in its
+  original file);
+* an embedded set shipped inside the package: the first 500 training images of every MNIST
+  digit 0-9 (``mnist``) and of Fashion-MNIST classes 3 (dress) and 7 (sneaker)
   (``fashion-mnist``). See ``fxverify/datasets/PROVENANCE.md``.
 
 :func:`select_points` then takes ``n`` images of each of two classes (the first ``n`` in file
-order, or a seeded random sample without replacement) and scales pixels to [0, 1].
+order, or a seeded random sample without replacement) and scales pixels to [0, 1]. Points stay
+flat vectors in the data's own order (C order of ``image_shape``); :func:`fxverify.spec.check_compatible`
+reorders them to the model's input layout.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import struct
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,26 +33,34 @@ from .errors import DataError
 
 #: Embedded sets: name -> (file in fxverify/datasets, description).
 EMBEDDED = {
-    "mnist": ("mnist_train_3_7_first500.npz", "MNIST training set, first 500 images of digits 3 and 7"),
+    "mnist": ("mnist_train_first500.npz", "MNIST training set, first 500 images of every digit 0-9"),
     "fashion-mnist": ("fashion_mnist_train_3_7_first500.npz",
                       "Fashion-MNIST training set, first 500 images of classes 3 (dress) and 7 (sneaker)"),
 }
 
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+#: most uncompressed data a gzipped IDX file may declare (its size cannot be checked before
+#: decompressing; the full MNIST training images are 47 MB)
+_IDX_MAX_BYTES = 1 << 34
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+#: layouts of 4-D image arrays (n first): channels first or last
+LAYOUTS = ("NCHW", "NHWC")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images of one split in file order. ``X`` is (n, d) raw values, ``index`` the position of
-    each image in the original file (the embedded sets keep the positions of the full file)."""
+    """Images of one split in file order. ``X`` is (n, d) raw values (C order of
+    ``image_shape``), ``index`` the position of each image in the original file (the embedded
+    sets keep the positions of the full file). ``layout`` is ``"NCHW"`` or ``"NHWC"`` for
+    images with a channel axis (``image_shape`` is then (C, H, W) or (H, W, C)), else None."""
 
     X: np.ndarray = field(repr=False)
     y: np.ndarray = field(repr=False)
     image_shape: tuple[int, ...]
     origin: str
     index: np.ndarray = field(repr=False)
+    layout: str | None = None
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -55,7 +69,10 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Points:
-    """The two classes of points the analysis runs on, float64, scaled, flat (n, d)."""
+    """The two classes of points the analysis runs on, float64, scaled, flat (n, d).
+
+    ``image_shape`` and ``layout`` say how a flat point is an image (C order of
+    ``image_shape``; ``layout`` as in :class:`Dataset`)."""
 
     classes: tuple[int, int]
     X_a: np.ndarray = field(repr=False)
@@ -63,6 +80,8 @@ class Points:
     index_a: np.ndarray = field(repr=False)
     index_b: np.ndarray = field(repr=False)
     origin: str = ""
+    image_shape: tuple[int, ...] = ()
+    layout: str | None = None
 
     @property
     def dim(self) -> int:
@@ -75,25 +94,43 @@ class Points:
 
 # ---- IDX -----------------------------------------------------------------------------------
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (plain or gzip) into an array of its declared shape."""
+    """Read one IDX file (plain or gzip) into an array of its declared shape.
+
+    The header is checked against the file's size before the data is read, so a header that
+    declares more data than the file holds (or absurd sizes) is an error, never an allocation."""
     p = Path(path)
+    gz = p.suffix == ".gz"
     try:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise DataError(f"{p} is not an IDX file (bad magic number)")
+            dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+            header = 4 + 4 * ndim
+            raw_dims = f.read(4 * ndim)
+            if ndim == 0 or len(raw_dims) < 4 * ndim:
+                raise DataError(f"{p} is not an IDX file (bad header)")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            need = math.prod(dims) * dtype.itemsize  # Python integers: no overflow
+            if not gz:
+                size = os.fstat(f.fileno()).st_size
+                if size != header + need:
+                    raise DataError(f"{p} is truncated or corrupt: {size} bytes, the header {list(dims)} needs "
+                                    f"{header + need}")
+            elif need > _IDX_MAX_BYTES:
+                raise DataError(f"{p} is corrupt: the header {list(dims)} declares {need} bytes of data")
+            data = f.read(need + 1)  # one more: trailing bytes mean a corrupt file
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"IDX file not found: {p}") from None
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(f"cannot read IDX file {p}: {err}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{p} is not an IDX file (bad magic number)")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{p} is not an IDX file (bad header)")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        raise DataError(f"{p} is truncated or corrupt: {len(raw)} bytes, the header {list(dims)} needs {expected}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    if len(data) != need:
+        size = header + len(data) if len(data) <= need else "more than " + str(header + need)
+        raise DataError(f"{p} is truncated or corrupt: {size} bytes{' (uncompressed)' if gz else ''}, the header "
+                        f"{list(dims)} needs {header + need}")
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _find_idx(directory: Path, split: str, kind: str, rank: int) -> Path:
@@ -121,23 +158,34 @@ def load_idx_dir(directory: str | Path, split: str = "train") -> Dataset:
 
 
 # ---- npz -----------------------------------------------------------------------------------
-def load_npz(path: str | Path) -> Dataset:
+def load_npz(path: str | Path, layout: str | None = None) -> Dataset:
+    """Read ``X`` (n x d, n x h x w, or 4-D with ``layout`` "NCHW" / "NHWC"), ``y`` and the
+    optional ``index`` (each image's position in its original file, default 0..n-1)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"npz file not found: {p}")
+    if layout is not None and layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r} (use {' or '.join(map(repr, LAYOUTS))})")
     try:
         with np.load(p, allow_pickle=False) as f:
             missing = [k for k in ("X", "y") if k not in f.files]
             if missing:
                 raise DataError(f"{p} lacks array(s) {', '.join(missing)} (it has: {', '.join(f.files) or 'none'})")
             X, y = f["X"], f["y"]
-            index = f["index"] if "index" in f.files else np.arange(len(X))
+            index = f["index"] if "index" in f.files else None
     except DataError:
         raise
     except Exception as err:  # zipfile / numpy raise many types for corrupt files
         raise DataError(f"cannot read npz file {p}: {err}") from None
-    if X.ndim not in (2, 3) or X.shape[0] == 0:
-        raise DataError(f"{p}: X has shape {X.shape}, expected (n, d) or (n, h, w) with n > 0")
+    if X.ndim not in (2, 3, 4) or X.shape[0] == 0:
+        raise DataError(f"{p}: X has shape {X.shape}, expected (n, d), (n, h, w), (n, C, H, W) or (n, H, W, C) "
+                        f"with n > 0")
+    if X.ndim == 4 and layout is None:
+        raise DataError(f"{p}: X has shape {X.shape} (4-D): state its layout in the spec, "
+                        f"\"layout\": \"NCHW\" for (n, C, H, W) or \"NHWC\" for (n, H, W, C)")
+    if X.ndim != 4 and layout is not None:
+        raise DataError(f"{p}: the spec states layout {layout!r}, but X has shape {X.shape}; a layout is only for "
+                        f"4-D X (remove \"layout\" from the spec)")
     if y.shape != (X.shape[0],):
         raise DataError(f"{p}: y has shape {y.shape}, expected ({X.shape[0]},) to match X")
     if X.dtype.kind not in "uif":
@@ -146,8 +194,17 @@ def load_npz(path: str | Path) -> Dataset:
         raise DataError(f"{p}: y has dtype {y.dtype}, expected integer class labels")
     if X.dtype.kind == "f" and not np.all(np.isfinite(X)):
         raise DataError(f"{p}: X contains NaN or infinite values")
-    return Dataset(X=X.reshape(len(X), -1), y=y.astype(np.int64), image_shape=tuple(X.shape[1:]),
-                   origin=f"npz {p}", index=np.asarray(index, dtype=np.int64))
+    if index is None:
+        index = np.arange(len(X))
+    elif index.shape != (X.shape[0],):
+        raise DataError(f"{p}: index has shape {index.shape}, expected ({X.shape[0]},) to match X "
+                        f"(one position per image)")
+    elif index.dtype.kind not in "ui":
+        raise DataError(f"{p}: index has dtype {index.dtype}, expected integer positions")
+    elif index.size and (index.min() < 0 or index.max() > np.iinfo(np.int64).max):
+        raise DataError(f"{p}: index holds negative or too large positions (from {index.min()} to {index.max()})")
+    return Dataset(X=X.reshape(len(X), -1), y=y.astype(np.int64), image_shape=tuple(int(s) for s in X.shape[1:]),
+                   origin=f"npz {p}", index=np.asarray(index, dtype=np.int64), layout=layout)
 
 
 # ---- embedded ------------------------------------------------------------------------------
@@ -161,7 +218,7 @@ def load_embedded(name: str, split: str = "train") -> Dataset:
     with resources.as_file(resources.files("fxverify.datasets") / filename) as p:
         ds = load_npz(p)
     return Dataset(X=ds.X, y=ds.y, image_shape=ds.image_shape, origin=f"embedded {name}: {description}",
-                   index=ds.index)
+                   index=ds.index, layout=ds.layout)
 
 
 # ---- selection -----------------------------------------------------------------------------
@@ -172,10 +229,16 @@ def select_points(ds: Dataset, classes: tuple[int, int], n_per_class: int, *, me
     ``method="first"``: the first n in file order (the convention of published numbers).
     ``method="random"``: a uniform sample without replacement, by ``seed``, kept in file order.
     ``scaling="divide_255"`` divides raw pixels by 255; ``"none"`` takes values as they are.
-    Either way every value must end up in [0, 1].
+    Either way every value must end up in [0, 1]; and data already in [0, 1] (its largest
+    value at most 1) is refused with ``divide_255``: dividing it again would squeeze every
+    image into [0, 1/255].
     """
     if classes[0] == classes[1]:
         raise DataError(f"the two classes must differ (both are {classes[0]})")
+    if scaling not in ("divide_255", "none"):
+        raise DataError(f"unknown scaling {scaling!r} (use 'divide_255' or 'none')")
+    if method not in ("first", "random"):
+        raise DataError(f"unknown selection method {method!r} (use 'first' or 'random')")
     present = ds.classes
     picked, positions = [], []
     for c in classes:
@@ -187,20 +250,22 @@ def select_points(ds: Dataset, classes: tuple[int, int], n_per_class: int, *, me
             raise DataError(f"n_per_class={n_per_class} but class {c} has only {len(where)} images in {ds.origin}")
         if method == "first":
             take = where[:n_per_class]
-        elif method == "random":
+        else:
             rng = np.random.default_rng(seed)
             take = np.sort(rng.choice(where, size=n_per_class, replace=False))
-        else:
-            raise DataError(f"unknown selection method {method!r} (use 'first' or 'random')")
-        X = ds.X[take].astype(np.float64)
-        if scaling == "divide_255":
-            X = X / 255.0
-        elif scaling != "none":
-            raise DataError(f"unknown scaling {scaling!r} (use 'divide_255' or 'none')")
+        picked.append(ds.X[take].astype(np.float64))
+        positions.append(ds.index[take])
+    if scaling == "divide_255":
+        top = max(float(X.max(initial=0.0)) for X in picked)
+        if 0.0 < top <= 1.0:
+            raise DataError(f"the selected images of {ds.origin} already lie in [0, {top:g}] but the spec asks for "
+                            f'"scaling": "divide_255", which would squeeze them into [0, {top / 255:.2g}]; use '
+                            f'"scaling": "none" for data already in [0, 1]')
+        picked = [X / 255.0 for X in picked]
+    for c, X in zip(classes, picked):
         if X.size and (X.min() < 0.0 or X.max() > 1.0):
             raise DataError(f"class {c} pixels lie in [{X.min():g}, {X.max():g}] after scaling {scaling!r}, "
                             f"not in [0, 1]; choose the scaling that maps this data to [0, 1]")
-        picked.append(X)
-        positions.append(ds.index[take])
     return Points(classes=(int(classes[0]), int(classes[1])), X_a=picked[0], X_b=picked[1],
-                  index_a=positions[0], index_b=positions[1], origin=ds.origin)
+                  index_a=positions[0], index_b=positions[1], origin=ds.origin, image_shape=ds.image_shape,
+                  layout=ds.layout)

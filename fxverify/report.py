@@ -1,13 +1,29 @@
-"""Writing an analysis: results.json, results.csv and plots of the bounds against eps."""
+"""Writing an analysis: results.json, results.csv and plots of the bounds against eps.
+
+Every file is written to a temporary file in the output directory and renamed over its name,
+so a failed write (a read-only directory, a full disk) never leaves a truncated file behind;
+it is one :class:`ReportError` line. ``results.json`` is described by the versioned schema
+``fxverify/schemas/results-v1.json`` (:func:`results_schema`, :func:`validate_results`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
+import os
+import secrets
+import textwrap
+from collections.abc import Callable
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from typing import IO
 
 from .analysis import Analysis
+from .errors import FxverifyError
 
 RESULTS_FORMAT = 1
 FIELDS = ("cut", "eps", "edges", "loss01_lower", "ce_lower", "pairs_done", "pairs_failed")
@@ -15,8 +31,77 @@ LOSSES = (("loss01_lower", "0-1 loss lower bound", "loss01.png"),
           ("ce_lower", "cross-entropy lower bound", "cross_entropy.png"))
 
 
+class ReportError(FxverifyError):
+    """An output file cannot be written."""
+
+
+@lru_cache(maxsize=None)
+def results_schema(version: int = RESULTS_FORMAT) -> dict:
+    """The JSON schema of results.json ``format`` ``version`` (package data)."""
+    return json.loads((resources.files("fxverify.schemas") / f"results-v{version}.json").read_text())
+
+
+def validate_results(doc: dict) -> None:
+    """Validate a results.json document against its schema (the spec inside against the spec
+    schema); raise ``jsonschema.ValidationError`` on the first problem."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    from .spec import schema as spec_schema
+
+    registry = Registry().with_resources(
+        [(s["$id"], Resource.from_contents(s)) for s in (results_schema(), spec_schema())])
+    jsonschema.Draft202012Validator(results_schema(), registry=registry).validate(doc)
+
+
 def _json_number(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def _mkdir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"cannot create output directory {out}: {err.strerror or err}") from None
+
+
+def _open_temp(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path``, unique per process and call, with the permissions the umask
+    gives any new file (not mkstemp's 0600)."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through a temporary file in its directory (unique name, fsynced) renamed
+    over it: readers see the old file or the whole new one, never a part."""
+    tmp = None
+    try:
+        fd, tmp = _open_temp(path)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        raise ReportError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # the write's own error is the one reported
+                os.unlink(tmp)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _csv_text(fields, rows) -> str:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def results_document(a: Analysis) -> dict:
@@ -36,37 +121,51 @@ def results_document(a: Analysis) -> dict:
     }
 
 
-def _plot(series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, path: Path) -> None:
+#: line styles and markers; with 10 colours, (colour, style) differs for up to 40 curves and
+#: the markers (7, coprime with 10) separate neighbours further
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _plot(series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, path: Path,
+          legend_title: str = "cut") -> None:
+    """Curves of ``series`` against eps, legible with many curves: distinct colour and line
+    style per curve, markers, the legend outside the axes, nothing cut off (tight bounding box)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for label, pts in series.items():
+    colours = plt.get_cmap("tab10").colors
+    n = len(series)
+    ncol = 1 if n <= 20 else 2
+    fig, ax = plt.subplots(figsize=(6.4 + 1.6 * ncol, 4.4), dpi=120)
+    for k, (label, pts) in enumerate(series.items()):
         xs, ys = zip(*pts) if pts else ((), ())
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        ys = [y if y is not None and math.isfinite(y) else float("nan") for y in ys]
+        ax.plot(xs, ys, color=colours[k % 10], linestyle=_STYLES[(k // 10) % len(_STYLES)],
+                marker=_MARKERS[k % len(_MARKERS)], markersize=4, linewidth=1.4, label=label)
     ax.set_xlabel("budget eps (l2, input space)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    if n:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, ncol=ncol,
+                  title=legend_title, title_fontsize=8, handlelength=3.0)
+    try:
+        _atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def write_results(a: Analysis, out_dir: str | Path) -> list[Path]:
     """Write results.json, results.csv, loss01.png and cross_entropy.png; return the paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _mkdir(out)
     paths = [out / "results.json", out / "results.csv"]
-    paths[0].write_text(json.dumps(results_document(a), indent=2) + "\n")
-    with open(paths[1], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(a.records())
+    _write_text(paths[0], json.dumps(results_document(a), indent=2) + "\n")
+    _write_text(paths[1], _csv_text(FIELDS, a.records()))
     what = f"{Path(a.model_path).name}: classes {a.classes[0]} vs {a.classes[1]}, n = {a.n_a} + {a.n_b}"
     if not a.complete:
         what += " (incomplete: pairs not computed count as no edge)"
@@ -80,7 +179,7 @@ def write_results(a: Analysis, out_dir: str | Path) -> list[Path]:
 def write_comparison(analyses: dict[str, Analysis], cut: str, out_dir: str | Path) -> list[Path]:
     """One cut across several models: compare.json, compare.csv and two plots."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _mkdir(out)
     rows = []
     for label, a in analyses.items():
         c = a.cut(cut)
@@ -91,16 +190,13 @@ def write_comparison(analyses: dict[str, Analysis], cut: str, out_dir: str | Pat
     doc = {"format": RESULTS_FORMAT, "fxverify_version": first.version, "cut": cut, "spec": first.spec.to_dict(),
            "models": {label: {"path": a.model_path, "sha256": a.model_sha256, "complete": a.complete,
                               "solver": a.profile.to_dict(), "out_dir": a.out_dir} for label, a in analyses.items()},
-           "results": rows}
+           "results": [{k: _json_number(v) for k, v in r.items()} for r in rows]}
     paths = [out / "compare.json", out / "compare.csv"]
-    paths[0].write_text(json.dumps(doc, indent=2) + "\n")
-    with open(paths[1], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=("model",) + FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    _write_text(paths[0], json.dumps(doc, indent=2) + "\n")
+    _write_text(paths[1], _csv_text(("model",) + FIELDS, rows))
     what = f"cut {cut}: classes {first.classes[0]} vs {first.classes[1]}, n = {first.n_a} + {first.n_b}"
     for key, label, name in LOSSES:
         series = {m: [(r.eps, getattr(r, key)) for r in a.cut(cut).records] for m, a in analyses.items()}
-        _plot(series, label, what, out / f"compare_{name}")
+        _plot(series, label, what, out / f"compare_{name}", legend_title="model")
         paths.append(out / f"compare_{name}")
     return paths

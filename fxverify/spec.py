@@ -2,25 +2,32 @@
 
 ``load_spec(path)`` parses and validates a spec (unknown keys are errors) and returns an
 immutable :class:`Spec`. ``Spec.load_points()`` reads the data it names; ``Spec.resolve_cuts``
-and :func:`check_compatible` check it against a model.
+and :func:`check_compatible` check it against a model (and put the points in the model's input
+layout).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .data import Dataset, Points, load_embedded, load_idx_dir, load_npz, select_points
+import numpy as np
+
+from .data import LAYOUTS, Dataset, Points, load_embedded, load_idx_dir, load_npz, select_points
 from .errors import SpecError
 from .ir import Network
 
 SCHEMA_VERSION = 1
-DEFAULT_SOLVER = "descent-cvxopt"
+DEFAULT_SOLVER = "descent-activeset"
+#: the adversary norms a spec can name (``Spec.norm``)
+NORMS = ("l2", "linf", "l1")
+#: deepest nesting of arrays and objects a spec may have (the schema needs 3)
+MAX_DEPTH = 32
 
 
 @lru_cache(maxsize=None)
@@ -35,12 +42,13 @@ class DataSource:
     kind: str  # "embedded" | "idx_dir" | "npz"
     value: str  # embedded name, or resolved path
 
-    def load(self, split: str) -> Dataset:
+    def load(self, split: str, layout: str | None = None) -> Dataset:
+        """``layout``: of 4-D npz arrays ("NCHW" / "NHWC"), from the spec."""
         if self.kind == "embedded":
             return load_embedded(self.value, split)
         if self.kind == "idx_dir":
             return load_idx_dir(self.value, split)
-        return load_npz(self.value)
+        return load_npz(self.value, layout)
 
 
 @dataclass(frozen=True)
@@ -59,10 +67,16 @@ class Spec:
     time_budget: float | None = None
     description: str = ""
     path: str = ""
+    #: layout of 4-D npz data: "NCHW" or "NHWC" (None: 2-D or 3-D data)
+    layout: str | None = None
+    #: per-channel (or single) input normalisation (mean, std) the model expects, or None
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: the input domain [lo, hi] of the threat model, or None
+    domain: tuple[float, float] | None = None
 
     def load_points(self) -> Points:
         """Read the data and select the two classes (raises DataError with one line)."""
-        ds = self.data.load(self.split)
+        ds = self.data.load(self.split, self.layout)
         return select_points(ds, self.classes, self.n_per_class, method=self.selection, seed=self.seed,
                              scaling=self.scaling)
 
@@ -87,7 +101,13 @@ class Spec:
         d["n_per_class"] = self.n_per_class
         d["selection"] = {"method": "first"} if self.selection == "first" else {"method": "random", "seed": self.seed}
         d["scaling"] = self.scaling
+        if self.layout is not None:
+            d["layout"] = self.layout
+        if self.normalize is not None:
+            d["normalize"] = {"mean": list(self.normalize[0]), "std": list(self.normalize[1])}
         d["norm"] = self.norm
+        if self.domain is not None:
+            d["domain"] = list(self.domain)
         d["eps"] = list(self.eps)
         d["cuts"] = "all" if self.cuts is None else list(self.cuts)
         d["solver"] = self.solver
@@ -107,12 +127,27 @@ def _format_path(path) -> str:
     return out or "(top level)"
 
 
+def _depth(doc: Any) -> int:
+    """Nesting depth of parsed JSON (iterative: no recursion limit)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (list, dict)):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                break
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def validate(doc: Any, where: str = "spec") -> None:
     """Validate a parsed spec against its schema; raise SpecError naming the first problem."""
     import jsonschema
 
     if not isinstance(doc, dict):
         raise SpecError(f"{where}: a spec is a JSON object, got {type(doc).__name__}")
+    if _depth(doc) > MAX_DEPTH:
+        raise SpecError(f"{where}: nested more than {MAX_DEPTH} levels deep; a spec needs 3")
     version = doc.get("version")
     if version != SCHEMA_VERSION:
         raise SpecError(f"{where}: unsupported spec version {version!r}; this fxverify reads version {SCHEMA_VERSION} "
@@ -149,11 +184,50 @@ def parse_spec(doc: dict, base_dir: Path | str = ".", where: str = "spec") -> Sp
         raise SpecError(f"{where}: invalid at eps: every budget must be a finite number")
     sel = doc.get("selection", {"method": "first"})
     cuts = doc.get("cuts", "all")
+    layout = doc.get("layout")
+    if layout is not None and kind != "npz":
+        raise SpecError(f"{where}: invalid at layout: a layout is only for npz data with 4-D X ({kind} data has "
+                        f"its own)")
+    time_budget = doc.get("time_budget")
+    if time_budget is not None and not math.isfinite(time_budget):
+        raise SpecError(f"{where}: invalid at time_budget: must be a finite number of seconds")
     return Spec(data=DataSource(kind, value), classes=classes, n_per_class=int(doc["n_per_class"]),
                 eps=tuple(sorted(set(eps))), split=doc.get("split", "train"), selection=sel["method"],
                 seed=sel.get("seed"), scaling=doc.get("scaling", "divide_255"), norm=doc.get("norm", "l2"),
                 cuts=None if cuts == "all" else tuple(cuts), solver=doc.get("solver", DEFAULT_SOLVER),
-                time_budget=doc.get("time_budget"), description=doc.get("description", ""), path=where)
+                time_budget=time_budget, description=doc.get("description", ""), path=where,
+                layout=layout, normalize=_normalize(doc.get("normalize"), where),
+                domain=_domain(doc.get("domain"), where))
+
+
+def _numbers(value, where: str, key: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in (value if isinstance(value, list) else [value]))
+    if not all(math.isfinite(v) for v in values):
+        raise SpecError(f"{where}: invalid at {key}: every value must be a finite number")
+    return values
+
+
+def _normalize(doc: dict | None, where: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std), one value each or one per channel; std > 0 (the schema checks the types)."""
+    if doc is None:
+        return None
+    mean = _numbers(doc["mean"], where, "normalize.mean")
+    std = _numbers(doc["std"], where, "normalize.std")
+    if any(v <= 0 for v in std):
+        raise SpecError(f"{where}: invalid at normalize.std: every value must be > 0")
+    if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+        raise SpecError(f"{where}: invalid at normalize: {len(mean)} means but {len(std)} standard deviations "
+                        f"(give one value or one per channel for each)")
+    return mean, std
+
+
+def _domain(doc: list | None, where: str) -> tuple[float, float] | None:
+    if doc is None:
+        return None
+    lo, hi = _numbers(doc, where, "domain")
+    if not lo < hi:
+        raise SpecError(f"{where}: invalid at domain: [lo, hi] needs lo < hi, got [{lo:g}, {hi:g}]")
+    return lo, hi
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -162,19 +236,65 @@ def load_spec(path: str | Path) -> Spec:
     if not p.is_file():
         raise SpecError(f"spec file not found: {p}")
     try:
-        doc = json.loads(p.read_text(), parse_constant=_reject_constant)
+        text = p.read_bytes().decode("utf-8-sig")
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except OSError as err:
+        raise SpecError(f"cannot read spec file {p}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p} is not a text file (not UTF-8); a spec is a JSON file") from None
     except json.JSONDecodeError as err:
         raise SpecError(f"{p} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{p} is not a text file") from None
+    except RecursionError:
+        raise SpecError(f"{p} is nested too deeply to be a spec (a spec needs 3 levels)") from None
     except SpecError as err:
         raise SpecError(f"{p}: {err}") from None
     return parse_spec(doc, p.parent, str(p))
 
 
-def check_compatible(points: Points, net: Network, spec: Spec | None = None) -> None:
-    """The data's points must fit the model's input."""
-    if points.dim != net.input_dim:
-        where = f"{spec.path}: " if spec is not None and spec.path else ""
-        raise SpecError(f"{where}the data has {points.dim} values per image but the model's input "
-                        f"{net.input_shape} has {net.input_dim}")
+def _model_order(shape: tuple[int, ...], layout: str, model: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The axis permutation that takes images of ``shape`` in ``layout`` to the model's input
+    shape ``model`` (identity first), or None when neither layout fits."""
+    if shape == model:
+        return (0, 1, 2)
+    other = (1, 2, 0) if layout == "NCHW" else (2, 0, 1)  # to the other layout
+    if tuple(shape[k] for k in other) == model:
+        return other
+    return None
+
+
+def check_compatible(points: Points, net: Network, spec: Spec | None = None) -> Points:
+    """Check that the points fit the model's input and return them in the model's input order.
+
+    Flat and (n, h, w) data keep their order (the values per image must match the model's).
+    Images with a channel axis (4-D data, ``points.layout`` "NCHW" or "NHWC") are transposed
+    to the model's layout when their shape in that layout is the model's input shape (a model
+    whose input is flat takes them in the data's own order); any other shape is an error
+    naming both."""
+    where = f"{spec.path}: " if spec is not None and spec.path else ""
+    model = tuple(int(s) for s in net.input_shape)
+    if points.layout is None:
+        if points.dim != net.input_dim:
+            raise SpecError(f"{where}the data has {points.dim} values per image but the model's input "
+                            f"{model} has {net.input_dim}")
+        return points
+    if points.layout not in LAYOUTS or len(points.image_shape) != 3:
+        raise SpecError(f"{where}the data's layout {points.layout!r} needs 3-D images, got {points.image_shape}")
+    shape = points.image_shape
+    squeezed = tuple(s for s in model if s != 1)
+    perm = _model_order(shape, points.layout, model) if len(model) == 3 else None
+    if perm is None and len(squeezed) <= 1 and points.dim == net.input_dim:
+        perm = (0, 1, 2)  # a flat model input: the data's own order
+    if perm is None:
+        other = "NHWC" if points.layout == "NCHW" else "NCHW"
+        t = (1, 2, 0) if points.layout == "NCHW" else (2, 0, 1)
+        raise SpecError(f"{where}the data's images have shape {shape} ({points.layout}; "
+                        f"{tuple(shape[k] for k in t)} in {other}) but the model's input is {model}")
+    if perm == (0, 1, 2):
+        return points
+
+    def reorder(X: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(X.reshape((len(X),) + shape).transpose((0,) + tuple(k + 1 for k in perm))
+                                    ).reshape(len(X), -1)
+
+    return replace(points, X_a=reorder(points.X_a), X_b=reorder(points.X_b),
+                   image_shape=tuple(shape[k] for k in perm), layout="NHWC" if points.layout == "NCHW" else "NCHW")

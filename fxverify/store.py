@@ -11,15 +11,25 @@ One SQLite file (``results.sqlite``) holds
 
 Writes are transactions (WAL journal), so a run killed at any moment, even with ``kill -9``,
 leaves only whole pairs behind; rerunning skips them.
+
+One run at a time: a store holds an exclusive lock (``flock``) on ``.fxverify.lock`` in its
+directory for as long as it is open, and a second run on the same directory is refused at once
+with the first one's pid (the lock ends with the process, even after ``kill -9``). A damaged
+database (garbled pages) is a :class:`StoreError` at opening or at any later query.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +39,7 @@ from .errors import FxverifyError
 from .results import Collision, CollisionStatus
 
 DB_NAME = "results.sqlite"
+LOCK_NAME = ".fxverify.lock"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -45,7 +56,39 @@ CREATE TABLE IF NOT EXISTS matrices (
 
 
 class StoreError(FxverifyError):
-    """The output directory holds results that do not belong to this run."""
+    """The output directory holds results that do not belong to this run, is in use by another
+    run, or holds a damaged store."""
+
+
+def _lock(directory: Path) -> int:
+    """An exclusive flock on ``directory/LOCK_NAME`` (non-blocking), holding this pid; the fd."""
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise StoreError(f"cannot create the lock file {path}: {err.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = ""
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            for _ in range(20):  # the holder writes its pid right after locking
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            os.close(fd)
+            raise StoreError(f"{directory} is in use by another fxverify run (pid {holder or 'unknown'}); wait for it "
+                             f"to end or use another --out directory") from None
+        os.close(fd)
+        raise StoreError(f"cannot lock {path}: {err.strerror}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as err:
+        os.close(fd)
+        raise StoreError(f"cannot write the lock file {path}: {err.strerror}") from None
+    return fd
 
 
 @dataclass(frozen=True)
@@ -89,27 +132,67 @@ class ResultStore:
         except OSError as err:
             raise StoreError(f"cannot create output directory {self.dir}: {err.strerror}") from None
         self.path = self.dir / DB_NAME
+        self.db = None
+        self._lock_fd: int | None = _lock(self.dir)
+        try:
+            self._open(fingerprint_, info)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, fingerprint_: str, info: dict | None) -> None:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a usable fxverify result store: {err}") from None
-        found = dict(self.db.execute("SELECT key, value FROM meta"))
-        if found:
-            if found.get("fingerprint") != fingerprint_:
-                raise StoreError(f"{self.dir} holds results for a different model, data or solver profile; "
-                                 f"use another --out directory or delete it")
-        else:
-            rows = {"fingerprint": fingerprint_, "store_version": str(SCHEMA_VERSION),
-                    **{k: json.dumps(v, default=str) for k, v in (info or {}).items()}}
+        if problems != ["ok"]:
+            raise StoreError(f"{self.path} is damaged ({'; '.join(map(str, problems))}); delete it or use another "
+                             f"--out directory")
+        with self._checked():
+            found = dict(self.db.execute("SELECT key, value FROM meta"))
+            if found:
+                if found.get("fingerprint") != fingerprint_:
+                    raise StoreError(f"{self.dir} holds results for a different model, data or solver profile; "
+                                     f"use another --out directory or delete it")
+            else:
+                rows = {"fingerprint": fingerprint_, "store_version": str(SCHEMA_VERSION),
+                        **{k: json.dumps(v, default=str) for k, v in (info or {}).items()}}
+                self._transaction(lambda: self.db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items()))
+
+    @contextlib.contextmanager
+    def _checked(self):
+        """Any SQLite failure after opening (garbled pages, a full disk) is one StoreError line."""
+        try:
+            yield
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is damaged or cannot be written ({err}); delete it or use another "
+                             f"--out directory") from None
+
+    def _transaction(self, body) -> None:
+        """Run ``body`` in one transaction: all or nothing, also on KeyboardInterrupt/SIGTERM."""
+        with self._checked():
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
-            self.db.execute("COMMIT")
+            try:
+                body()
+                self.db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # reported by the original exception
+                    self.db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
 
     def __enter__(self) -> ResultStore:
         return self
@@ -122,46 +205,50 @@ class ResultStore:
         """Insert rows in one transaction (all or nothing)."""
         if not rows:
             return
-        self.db.execute("BEGIN")
-        try:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.cut, r.i, r.j, r.eps, r.status, r.method, r.solver, r.seconds,
-                  None if math.isnan(r.residual) else r.residual,
-                  None if math.isnan(r.residual_onnx) else r.residual_onnx, r.iterations, r.message) for r in rows])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        self._transaction(lambda: self.db.executemany(
+            "INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r.cut, r.i, r.j, r.eps, r.status, r.method, r.solver, r.seconds,
+              None if math.isnan(r.residual) else r.residual,
+              None if math.isnan(r.residual_onnx) else r.residual_onnx, r.iterations, r.message) for r in rows]))
 
     def done_pairs(self, cut: str) -> set[tuple[int, int]]:
-        return {(i, j) for i, j in self.db.execute("SELECT i, j FROM pairs WHERE cut = ?", (cut,))}
+        with self._checked():
+            return {(i, j) for i, j in self.db.execute("SELECT i, j FROM pairs WHERE cut = ?", (cut,))}
 
     def pair_rows(self, cut: str) -> list[PairRow]:
-        cur = self.db.execute("SELECT * FROM pairs WHERE cut = ? ORDER BY i, j", (cut,))
-        return [PairRow(*(math.nan if v is None and k in (8, 9) else v for k, v in enumerate(row))) for row in cur]
+        with self._checked():
+            cur = self.db.execute("SELECT * FROM pairs WHERE cut = ? ORDER BY i, j", (cut,))
+            return [PairRow(*(math.nan if v is None and k in (8, 9) else v for k, v in enumerate(row)))
+                    for row in cur]
 
     # ---- closed-form matrices -----------------------------------------------------------
     def add_matrix(self, cut: str, eps: np.ndarray, method: str, seconds: float, message: str = "") -> None:
         name = f"closed_form_{hashlib.sha256(cut.encode()).hexdigest()[:12]}.npy"
-        tmp = self.dir / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, eps)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / name)
-        digest = hashlib.sha256((self.dir / name).read_bytes()).hexdigest()
-        self.db.execute("BEGIN")
-        self.db.execute("INSERT OR REPLACE INTO matrices VALUES (?, ?, ?, ?, ?, ?)",
-                        (cut, name, digest, method, seconds, message))
-        self.db.execute("COMMIT")
+        tmp = self.dir / f"{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"  # unique per process and call
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, eps)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dir / name)
+            digest = hashlib.sha256((self.dir / name).read_bytes()).hexdigest()
+        except OSError as err:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise StoreError(f"cannot write {self.dir / name}: {err.strerror or err}") from None
+        self._transaction(lambda: self.db.execute("INSERT OR REPLACE INTO matrices VALUES (?, ?, ?, ?, ?, ?)",
+                                                  (cut, name, digest, method, seconds, message)))
 
     def matrix(self, cut: str) -> tuple[np.ndarray, str, float, str] | None:
-        row = self.db.execute("SELECT file, sha256, method, seconds, message FROM matrices WHERE cut = ?",
-                              (cut,)).fetchone()
+        with self._checked():
+            row = self.db.execute("SELECT file, sha256, method, seconds, message FROM matrices WHERE cut = ?",
+                                  (cut,)).fetchone()
         if row is None:
             return None
         p = self.dir / row[0]
-        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != row[1]:
-            return None  # missing or damaged: recompute
-        return np.load(p), row[2], row[3], row[4]
+        try:
+            if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != row[1]:
+                return None  # missing or damaged: recompute
+            return np.load(p), row[2], row[3], row[4]
+        except OSError as err:
+            raise StoreError(f"cannot read {p}: {err.strerror or err}") from None

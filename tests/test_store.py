@@ -1,0 +1,171 @@
+"""The result store: one run per directory (flock), damaged databases are one error line."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fxverify.store import LOCK_NAME, PairRow, ResultStore, StoreError
+
+HOLD = """
+import sys, time
+from fxverify.store import ResultStore
+s = ResultStore(sys.argv[1], "fp")
+print("open", flush=True)
+time.sleep(60)
+"""
+
+TRY = """
+import sys
+from fxverify.store import ResultStore, StoreError
+try:
+    ResultStore(sys.argv[1], "fp").close()
+except StoreError as err:
+    print("refused:", err)
+else:
+    print("opened")
+"""
+
+
+def _rows(n: int, cut: str = "relu1") -> list[PairRow]:
+    return [PairRow(cut, i, j, 1.0 + i + j / 1000, "found", "descent", "activeset", 0.01, 1e-9, 1e-7, 3,
+                    "x" * 40) for i in range(n) for j in range(n)]
+
+
+def test_a_second_store_on_the_same_directory_is_refused_with_the_holders_pid(tmp_path):
+    with ResultStore(tmp_path, "fp") as first:
+        first.add_pairs(_rows(2))
+        with pytest.raises(StoreError, match=rf"{tmp_path} is in use by another fxverify run \(pid {os.getpid()}\)"):
+            ResultStore(tmp_path, "fp")
+        other = subprocess.run([sys.executable, "-c", TRY, str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == f"refused: {tmp_path} is in use by another fxverify run (pid {os.getpid()}); " \
+                                       f"wait for it to end or use another --out directory"
+    # closed: the lock is free again, the rows are there
+    with ResultStore(tmp_path, "fp") as again:
+        assert len(again.done_pairs("relu1")) == 4
+    assert (tmp_path / LOCK_NAME).exists()
+
+
+def test_the_lock_ends_with_its_process_even_after_kill_dash_9(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match=rf"in use by another fxverify run \(pid {holder.pid}\)"):
+            ResultStore(tmp_path, "fp")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    with ResultStore(tmp_path, "fp") as store:
+        assert store.done_pairs("relu1") == set()
+
+
+def test_temporary_matrix_files_are_unique_and_cleaned_up(tmp_path):
+    with ResultStore(tmp_path, "fp") as store:
+        eps = np.arange(6.0).reshape(2, 3)
+        store.add_matrix("linear1", eps, "closed_form", 0.1)
+        got = store.matrix("linear1")
+        np.testing.assert_array_equal(got[0], eps)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _garble(path, where: float, length: int = 4096) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(int(size * where))
+        f.write(np.random.default_rng(0).integers(0, 256, length, dtype=np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.8])
+def test_a_store_with_garbled_pages_is_one_error_line(tmp_path, where):
+    with ResultStore(tmp_path, "fp", {"spec": {"a": 1}}) as store:
+        for cut in ("relu1", "relu2"):
+            store.add_pairs(_rows(40, cut))
+    db = tmp_path / "results.sqlite"
+    assert db.stat().st_size > 100_000 and not (tmp_path / "results.sqlite-wal").exists()
+    _garble(db, where)
+    with pytest.raises(StoreError, match=r"results.sqlite is (damaged|not a usable fxverify result store)") as e:
+        with ResultStore(tmp_path, "fp") as store:
+            for cut in ("relu1", "relu2"):  # if opening passed, any query must fail cleanly
+                store.pair_rows(cut)
+                store.done_pairs(cut)
+    assert "\n" not in str(e.value)
+    # the failed open released its lock: opening again gives the same clean error, not "in use"
+    with pytest.raises(StoreError):
+        ResultStore(tmp_path, "fp").pair_rows("relu1")
+
+
+def test_a_query_failing_after_opening_is_a_store_error(tmp_path):
+    store = ResultStore(tmp_path, "fp")
+    try:
+        real = store.db
+
+        class Broken:
+            def execute(self, *a, **k):
+                raise sqlite3.DatabaseError("database disk image is malformed")
+
+            executemany = execute
+
+            def close(self):
+                real.close()
+
+        store.db = Broken()
+        for call in (lambda: store.done_pairs("relu1"), lambda: store.pair_rows("relu1"),
+                     lambda: store.matrix("linear1"), lambda: store.add_pairs(_rows(1))):
+            with pytest.raises(StoreError, match=r"is damaged or cannot be written \(database disk image is "
+                                                 r"malformed\)"):
+                call()
+    finally:
+        store.close()
+
+
+def test_rows_roundtrip_with_missing_residuals(tmp_path):
+    row = PairRow("relu1", 0, 1, math.inf, "failed", "descent", "activeset", 0.5, math.nan, math.nan, 2, "no")
+    with ResultStore(tmp_path, "fp") as store:
+        store.add_pairs([row])
+        (got,) = store.pair_rows("relu1")
+    assert got.eps == math.inf and math.isnan(got.residual) and math.isnan(got.residual_onnx)
+    assert (got.cut, got.i, got.j, got.status, got.iterations) == ("relu1", 0, 1, "failed", 2)
+
+
+def test_concurrent_runs_on_one_directory_never_crash(tmp_path):
+    """Two `fxverify distances` on the same --out at once, five times: each ends with the
+    results or with the one-line "in use" refusal, never a traceback; the store stays whole."""
+    import json
+
+    from conftest import MODELS, SPECS
+
+    spec = json.loads((SPECS / "mnist_3v7.json").read_text())
+    spec.update(n_per_class=3, cuts=["input", "linear1", "relu1"])
+    spec.pop("time_budget", None)
+    sp = tmp_path / "spec.json"
+    sp.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fxverify", "distances", str(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx"),
+           "--spec", str(sp), "--out", str(out), "--jobs", "1"]
+    outcomes = []
+    for _ in range(5):
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=120)
+            assert "Traceback" not in stderr, stderr
+            if p.returncode == 0:
+                outcomes.append("ok")
+            else:
+                assert p.returncode == 2, stderr
+                lines = stderr.strip().splitlines()
+                assert len(lines) == 1 and "is in use by another fxverify run (pid " in lines[0], stderr
+                outcomes.append("refused")
+    assert "ok" in outcomes
+    con = sqlite3.connect(out / "results.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT COUNT(*) FROM pairs WHERE cut = 'relu1'").fetchone()[0] == 9
+    con.close()
