@@ -1,6 +1,7 @@
 """The main job: for every cut and every budget of a spec, lower bounds on the robust loss.
 
-``analyze(model, spec)`` runs model -> IR -> pairs -> collisions (stored, resumable) -> edges ->
+``bound(model, spec)`` (the library form of ``fxverify bound``) resolves the configuration once
+(:mod:`fxverify.config`), runs model -> IR -> pairs -> collisions (stored, resumable) -> edges ->
 bounds and returns an immutable :class:`Analysis`; :mod:`fxverify.report` writes it out.
 """
 
@@ -15,11 +16,11 @@ import numpy as np
 
 from . import __version__
 from .bounds import BoundRecord, lower_bounds
+from .errors import SpecError
 from .ir import Network
 from .onnx_import import load_model
 from .pipeline import Distances, Progress, compute_distances
-from .profiles import SolverProfile, load_profile
-from .spec import Spec, check_compatible
+from .profiles import SolverProfile
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class CutBounds:
 class Analysis:
     model_path: str
     model_sha256: str
-    spec: Spec
+    spec: object  # fxverify.spec.Spec (with any overrides applied)
     profile: SolverProfile
     classes: tuple[int, int]
     n_a: int
@@ -48,11 +49,18 @@ class Analysis:
     seconds: float
     version: str = __version__
     out_dir: str = ""
+    norm: str = "l2"
+    domain: tuple[float, float] | None = None
+    unavailable: tuple[tuple[str, str], ...] = ()  # cuts the model has but fxverify cannot compute
     eps_matrices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def complete(self) -> bool:
         return all(c.pairs_done == c.pairs_total for c in self.cuts)
+
+    @property
+    def pairs_failed(self) -> int:
+        return sum(c.pairs_failed for c in self.cuts)
 
     def records(self) -> list[dict]:
         """One flat record per (cut, eps), the rows of results.json / results.csv."""
@@ -64,39 +72,96 @@ class Analysis:
         return next(c for c in self.cuts if c.cut == name)
 
 
-def bounds_from_distances(d: Distances, grid) -> tuple[list[CutBounds], dict[str, np.ndarray]]:
-    """Bounds per cut. A collision at a shallower cut is a collision at every deeper cut, so
-    each cut's budgets are the element-wise minimum with the shallower computed cuts."""
+def bounds_from_distances(d: Distances, grid, net: Network | None = None) -> tuple[list[CutBounds], dict]:
+    """Bounds per cut. A collision at a cut that determines another (a dominator: in a chain,
+    any shallower cut) is a collision there too, so each cut's budgets are the element-wise
+    minimum over the computed cuts that determine it (all shallower cuts without ``net``)."""
     out, mats = [], {}
-    running = None
-    for cut in d.cuts:
+    for k, cut in enumerate(d.cuts):
         c = d.by_cut[cut]
-        running = c.eps if running is None else np.minimum(running, c.eps)
-        carried = int(np.sum(running < c.eps))
+        doms = d.cuts[:k + 1] if net is None else [x for x in net.dominators(cut) if x in d.by_cut]
+        best = c.eps
+        for x in doms:
+            best = np.minimum(best, d.by_cut[x].eps)
+        carried = int(np.sum(best < c.eps))
         note = c.message
         if carried:
             note = (note + "; " if note else "") + f"{carried} pairs take a shallower cut's collision"
-        mats[cut] = running
-        out.append(CutBounds(cut, tuple(lower_bounds(running, grid)), c.n_pairs, c.n_done, c.n_failed,
+        mats[cut] = best
+        out.append(CutBounds(cut, tuple(lower_bounds(best, grid)), c.n_pairs, c.n_done, c.n_failed,
                              c.n_not_applicable, c.method, c.seconds, note))
     return out, mats
 
 
-def analyze(model: str | os.PathLike | Network, spec: Spec, *, solver: str | SolverProfile | None = None,
-            out_dir: str | os.PathLike, cuts: tuple[str, ...] | None = None, progress: Progress | None = None,
-            time_budget: float | None = None, executor=None, order: str = "promise") -> Analysis:
-    """Lower bounds for every cut (default: the spec's) and every budget of the spec's grid."""
-    t0 = time.perf_counter()
+def load_inputs(model: str | os.PathLike | Network, run) -> tuple[Network, object]:
+    """The network a resolved run analyses (its spec's ``normalize`` applied) and its points
+    (in the model's input layout)."""
+    from .config import prepare_network
+    from .spec import check_compatible
+
     net = model if isinstance(model, Network) else load_model(model)
-    profile = solver if isinstance(solver, SolverProfile) else load_profile(solver or spec.solver)
-    points = spec.load_points()
-    check_compatible(points, net, spec)
-    wanted = spec.resolve_cuts(net) if cuts is None else cuts
+    net = prepare_network(net, getattr(run.spec, "normalize", None))
+    points = check_compatible(run.spec.load_points(), net, run.spec)
+    return net, points
+
+
+def analyze(net: Network, run, points, *, out_dir: str | os.PathLike, cuts: tuple[str, ...] | None = None,
+            progress: Progress | None = None, executor=None) -> Analysis:
+    """Lower bounds for every cut (default: the spec's) and every budget of the spec's grid, for
+    a resolved run (:func:`fxverify.config.resolve_run`) on the inputs of :func:`load_inputs`."""
+    t0 = time.perf_counter()
+    spec, engine = run.spec, run.engine
+    wanted = spec.resolve_cuts(net) if cuts is None else tuple(cuts)
     for c in wanted:
         net.cut_index(c)
-    d = compute_distances(net, points, wanted, profile, Path(out_dir), progress=progress, time_budget=time_budget,
-                          info={"spec": spec.to_dict()}, executor=executor, order=order)
-    per_cut, mats = bounds_from_distances(d, spec.eps)
-    return Analysis(model_path=net.source.path, model_sha256=net.source.sha256, spec=spec, profile=profile,
+    d = compute_distances(net, points, wanted, engine, Path(out_dir), progress=progress, time_budget=run.time_budget,
+                          info={"spec": spec.to_dict()}, executor=executor, order=run.order,
+                          normalize=getattr(spec, "normalize", None))
+    per_cut, mats = bounds_from_distances(d, spec.eps, net)
+    dom = engine.domain
+    return Analysis(model_path=net.source.path, model_sha256=net.source.sha256, spec=spec, profile=engine.profile,
                     classes=points.classes, n_a=d.n_a, n_b=d.n_b, cuts=tuple(per_cut),
-                    seconds=time.perf_counter() - t0, out_dir=str(out_dir), eps_matrices=mats)
+                    seconds=time.perf_counter() - t0, out_dir=str(out_dir), norm=engine.norm.name,
+                    domain=None if dom is None else (dom.lo, dom.hi),
+                    unavailable=tuple((u.cut, u.reason) for u in net.unavailable), eps_matrices=mats)
+
+
+def default_out(model, spec) -> Path:
+    """``out/MODEL__SPEC``: the default output directory of a run."""
+    spec_name = Path(spec.path).stem if getattr(spec, "path", "") else "spec"
+    return Path("out") / f"{Path(str(model)).stem}__{spec_name}"
+
+
+def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | None = None,
+          solver: str | SolverProfile | None = None, solver_options: dict | None = None,
+          time_budget: float | None = None, jobs: int | None = None, executor: str = "local",
+          address: str | None = None, order: str = "promise", n: int | None = None, eps=None, cuts=None,
+          classes=None, norm: str | None = None, write: bool = True, progress: Progress | None = None) -> Analysis:
+    """The main job from Python: lower bounds on the 0-1 and cross-entropy loss at every cut and
+    budget, exactly as ``fxverify bound`` computes them (same store, same results).
+
+    ``model``: an ONNX path or a loaded network; ``spec``: a spec path, a :class:`~fxverify.spec.Spec`
+    or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes``, ``norm`` override the spec's
+    fields; ``solver`` / ``solver_options`` its solver profile; ``out`` the result directory
+    (default ``out/MODEL__SPEC``). ``write``: also write results.json, results.csv and the plots.
+    Call it under ``if __name__ == "__main__":`` in scripts (the local executor spawns workers).
+    """
+    from .config import resolve_run
+    from .executors import make_executor
+    from .spec import Spec, parse_spec
+
+    if isinstance(spec, dict):
+        spec = parse_spec(spec, ".", "spec")
+    elif not isinstance(spec, (Spec, str, os.PathLike)):
+        raise SpecError(f"spec must be a path, a Spec or a spec document, not {type(spec).__name__}")
+    run = resolve_run(spec, solver=solver, solver_options=solver_options, time_budget=time_budget, order=order,
+                      n_per_class=n, eps=eps, cuts=cuts, classes=classes, norm=norm)
+    ex = make_executor(executor, jobs=jobs, address=address)
+    net, points = load_inputs(model, run)
+    out_dir = Path(out) if out is not None else default_out(net.source.path, run.spec)
+    a = analyze(net, run, points, out_dir=out_dir, progress=progress, executor=ex)
+    if write:
+        from .report import write_results
+
+        write_results(a, out_dir)
+    return a

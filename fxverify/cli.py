@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,11 +34,25 @@ def _console() -> Console:
     return Console(soft_wrap=False, width=max(100, Console().width))
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived. Raised in the main thread and unwound like Ctrl-C: store transactions
+    roll back, worker processes are stopped, and the command exits with one line."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+    raise Terminated()
+
+
 def user_errors(fn):
-    """Turn an FxverifyError into one line on stderr and exit code 2 (no traceback)."""
+    """Turn an FxverifyError into one line on stderr and exit code 2 (no traceback); Ctrl-C and
+    SIGTERM end the command cleanly with one line (exit codes 130 and 143)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except FxverifyError as err:
@@ -45,6 +61,12 @@ def user_errors(fn):
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
+        except Terminated:
+            print("error: terminated (SIGTERM); results stored so far are kept", file=sys.stderr)
+            raise typer.Exit(128 + signal.SIGTERM) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -95,6 +117,10 @@ def inspect(model: ModelArg,
                   _shape(row["out_shape"]), f"{row['params']:,}", f"{row['max_abs_diff']:.2e}")
     con.print(t)
     con.print(f"cuts: {', '.join(s['cuts'])}")
+    if s["unavailable"]:
+        con.print(f"[yellow]unavailable[/yellow] (not computed): {', '.join(u['cut'] for u in s['unavailable'])}")
+    for why in s["unsupported"]:
+        con.print(f"[yellow]not supported[/yellow]: {escape(why)}")
     con.print(f"parameters: {s['params']:,}")
     r = s["first_affine"]
     if r:
@@ -133,46 +159,173 @@ def _overrides(items: list[str] | None) -> dict:
     return out
 
 
-def _prepare(model: Path, spec_path: Path, solver: str | None, options: list[str] | None = None):
-    """Load and cross-check model, spec, data and solver profile (with CLI overrides)."""
-    from .onnx_import import load_model
-    from .profiles import load_profile
-    from .spec import check_compatible, load_spec
+def _list(value: str | None, cast, flag: str):
+    """A comma- or space-separated list from the command line (None: not given)."""
+    from .errors import SpecError
 
-    spec = load_spec(spec_path)
-    profile = load_profile(solver or spec.solver)
-    if options:
-        profile = profile.with_overrides(_overrides(options))
-    net = load_model(model)
-    points = spec.load_points()
-    check_compatible(points, net, spec)
-    return net, spec, points, spec.resolve_cuts(net), profile
+    if value is None:
+        return None
+    items = [x for x in value.replace(",", " ").split() if x]
+    try:
+        return [cast(x) for x in items]
+    except ValueError:
+        raise SpecError(f"{flag} {value!r} is not a list of {'numbers' if cast is float else 'integers'}") from None
+
+
+def _resolve(spec_path: Path, solver: str | None, options: list[str] | None, *, n=None, eps=None, cuts=None,
+             classes=None, norm=None, time_budget=None, order="promise"):
+    """The run's configuration, resolved once (spec + CLI overrides + profile + defaults)."""
+    from .config import resolve_run
+
+    cut_list = None if cuts is None else ("all" if cuts.strip() == "all" else _list(cuts, str, "--cuts"))
+    return resolve_run(spec_path, solver=solver, solver_options=_overrides(options), time_budget=time_budget,
+                       order=order, n_per_class=n, eps=_list(eps, float, "--eps"), cuts=cut_list,
+                       classes=_list(classes, int, "--classes"), norm=norm)
+
+
+def _prepare(model: Path, run):
+    """The model (with the spec's normalisation) and the points of a resolved run."""
+    from .analysis import load_inputs
+
+    return load_inputs(model, run)
 
 
 def _default_out(model: Path, spec: Path) -> Path:
     return Path("out") / f"{model.stem}__{spec.stem}"
 
 
+NOpt = Annotated[Optional[int], typer.Option("--n", help="Points per class (overrides the spec's n_per_class).",
+                                             show_default=False)]
+EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="Budget grid, e.g. '0,0.5,1' (overrides the spec's).",
+                                               show_default=False)]
+CutsOpt = Annotated[Optional[str], typer.Option("--cuts", help="Cuts, e.g. 'relu1,relu2' or 'all' (overrides the "
+                                                "spec's).", show_default=False)]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="The two classes, e.g. '3,7' (overrides the "
+                                                   "spec's).", show_default=False)]
+NormOpt = Annotated[Optional[str], typer.Option("--norm", help="The adversary's norm: l2, linf or l1 (overrides the "
+                                                "spec's).", show_default=False)]
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class _Stages:
+    """What the library reported: per stage, done/total and the rate since the stage began."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state: dict[str, tuple[int, int]] = {}
+        self.starts: dict[str, tuple[float, int]] = {}
+        self.order: list[str] = []
+
+    def update(self, stage: str, done: int, total: int) -> bool:
+        """Record a report; True when ``stage`` is new (or started again, e.g. a next model)."""
+        with self.lock:
+            fresh = stage not in self.state or done < self.state[stage][0]
+            if fresh:
+                self.starts[stage] = (time.perf_counter(), done)
+                if stage in self.order:
+                    self.order.remove(stage)
+                self.order.append(stage)
+            self.state[stage] = (done, total)
+            return fresh
+
+    def rate(self, stage: str) -> float:
+        t0, d0 = self.starts[stage]
+        dt = time.perf_counter() - t0
+        done = self.state[stage][0]
+        return (done - d0) / dt if dt > 0 and done > d0 else 0.0
+
+    @staticmethod
+    def unit(stage: str) -> str:
+        return "cuts" if stage.startswith("closed form") else "pairs"
+
+    def line(self, stage: str) -> str:
+        done, total = self.state[stage]
+        rate = self.rate(stage)
+        out = f"{stage}: {done:,}/{total:,} {self.unit(stage)}"
+        if total:
+            out += f" ({100 * done / total:.0f}%)"
+        if rate > 0:
+            out += f", {rate:.2f} {self.unit(stage)}/s"
+            if done < total:
+                out += f", ETA {_duration((total - done) / rate)}"
+        return out
+
+
 @contextlib.contextmanager
-def _progress():
-    """A rich progress display and the callback the library reports to."""
+def _plain_progress(interval: float):
+    """Without a terminal (output to a file or a pipe): every ``interval`` seconds a plain line
+    on stderr with the current stage, and a last line when a stage that was shown ends. A run
+    shorter than ``interval`` prints nothing."""
+    stages = _Stages()
+    shown: set[str] = set()
+    stop = threading.Event()
+
+    def emit(stage: str) -> None:
+        print(f"progress: {stages.line(stage)}", file=sys.stderr, flush=True)
+
+    def report(stage: str, done: int, total: int) -> None:
+        stages.update(stage, done, total)
+        with stages.lock:
+            if done >= total and stage in shown:
+                emit(stage)
+                shown.discard(stage)
+
+    def tick() -> None:
+        while not stop.wait(interval):
+            with stages.lock:
+                if stages.order:
+                    stage = stages.order[-1]
+                    done, total = stages.state[stage]
+                    if done < total:
+                        emit(stage)
+                        shown.add(stage)
+
+    ticker = threading.Thread(target=tick, name="fxverify-progress", daemon=True)
+    ticker.start()
+    try:
+        yield report
+    finally:
+        stop.set()
+        ticker.join()
+
+
+@contextlib.contextmanager
+def _progress(interval: float = 5.0):
+    """The callback the library reports progress to: a rich display in a terminal (a stage
+    that did not finish is removed when the next begins, so no stale rows stay), plain lines
+    on stderr every ``interval`` seconds otherwise (stage, done/total, rate, ETA)."""
+    if not sys.stderr.isatty():
+        with _plain_progress(interval) as report:
+            yield report
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True), transient=False)
+    stages = _Stages()
     tasks: dict[str, int] = {}
-    starts: dict[str, tuple[float, int]] = {}
 
     def report(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bars.add_task(stage, total=total, rate="")
-            starts[stage] = (time.perf_counter(), done)
-        t0, d0 = starts[stage]
-        dt = time.perf_counter() - t0
-        rate = f"{(done - d0) / dt:.2f} pairs/s" if dt > 0 and done > d0 else ""
-        bars.update(tasks[stage], completed=done, total=total, rate=rate)
+        if stages.update(stage, done, total):
+            for old in list(tasks):  # stages left unfinished were superseded by this one
+                t = bars.tasks[[x.id for x in bars.tasks].index(tasks[old])]
+                if old != stage and t.completed < (t.total or 0):
+                    bars.remove_task(tasks.pop(old))
+            if stage in tasks:
+                bars.reset(tasks[stage], total=total, completed=done)
+            else:
+                tasks[stage] = bars.add_task(stage, total=total, completed=done, rate="")
+        rate = stages.rate(stage)
+        bars.update(tasks[stage], completed=done, total=total,
+                    rate=f"{rate:.2f} {stages.unit(stage)}/s" if rate > 0 else "")
 
     with bars:
         yield report
@@ -191,27 +344,34 @@ def collide(model: ModelArg, spec: SpecOpt,
             check_solver: Annotated[Optional[str], typer.Option("--check-solver", help="Re-solve the descent's "
                                                                 "final cone LP with this backend and report the "
                                                                 "difference.", show_default=False)] = None,
-            as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the collision points).")] = False
-            ) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the collision points).")] = False,
+            n: NOpt = None, classes: ClassesOpt = None, norm: NormOpt = None) -> None:
     """Find and verify the collision of one cross-class pair at one cut."""
     from .collision import Collider
+    from .config import resolve_engine
     from .errors import SpecError
 
-    net, sp, points, _, profile = _prepare(model, spec, solver, solver_option)
+    run = _resolve(spec, solver, solver_option, n=n, classes=classes, norm=norm)
+    engine = run.engine
+    if method not in (None, engine.method) or check_solver is not None:
+        from .config import DEFAULT_EXACT_PROFILE
+        from .profiles import load_profile
+
+        profile = engine.profile
+        if solver is not None or (method == "exact" and engine.method != "exact"):
+            profile = load_profile(solver or DEFAULT_EXACT_PROFILE, method)  # the method's own profile
+            if solver_option:
+                profile = profile.with_overrides(_overrides(solver_option))
+        engine = resolve_engine(profile, run.spec.norm, engine.domain, method=method, check_solver=check_solver)
+    net, points = _prepare(model, run)
     i, j = pair
     if not (0 <= i < len(points.X_a) and 0 <= j < len(points.X_b)):
         raise SpecError(f"--pair {i} {j} is out of range: the spec selects {len(points.X_a)} points of class "
                         f"{points.classes[0]} and {len(points.X_b)} of class {points.classes[1]}")
-    if method == "exact" and solver is None and profile.method != "exact":
-        from .profiles import load_profile
-
-        profile = load_profile("exact-scip")
-    col = Collider(net, profile, method, check_solver=check_solver)
-    net.cut_index(cut)
-    if col.method == "descent":
-        chain = col.collide_cuts(points.X_a[i], points.X_b[j], net.cuts[: net.cut_index(cut) + 1])
-    else:
-        chain = {cut: col.collide(cut, points.X_a[i], points.X_b[j])}
+    col = Collider(net, engine)
+    profile = engine.profile
+    shown = net.dominators(cut) if col.method == "descent" else (cut,)
+    chain = col.collide_cuts(points.X_a[i], points.X_b[j], shown)
     res = chain[cut]
     if as_json:
         out = {c: {"status": r.status.value, "eps": r.eps, "verified": r.verified, "method": r.method,
@@ -226,7 +386,9 @@ def collide(model: ModelArg, spec: SpecOpt,
         return
     con = _console()
     con.print(f"pair ({i}, {j}): class {points.classes[0]} image #{points.index_a[i]} vs class "
-              f"{points.classes[1]} image #{points.index_b[j]}; solver profile {escape(profile.name)}")
+              f"{points.classes[1]} image #{points.index_b[j]}; solver profile {escape(profile.name)}, "
+              f"{engine.norm.label} budget" + ("" if engine.domain is None else
+                                               f", domain [{engine.domain.lo:g}, {engine.domain.hi:g}]"))
     t = Table(show_edge=False, header_style="bold")
     for col_name in ("cut", "status", "eps", "method", "LP solves", "seconds", "residual IR / ORT", "note"):
         t.add_column(col_name)
@@ -290,21 +452,25 @@ def gap(model: ModelArg, spec: SpecOpt,
                                                             "(overrides the profile).", show_default=False)] = None,
         solver_option: SolverOptionOpt = None,
         out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: out/gap_MODEL_CUT).",
-                                                    show_default=False)] = None) -> None:
-    """Descent eps against the exact eps* (MIQCP) on N pairs: per-pair gap, times and a summary."""
+                                                    show_default=False)] = None,
+        n: NOpt = None, classes: ClassesOpt = None, norm: NormOpt = None) -> None:
+    """Descent eps against the exact eps* (mixed-integer program) on N pairs: per-pair gap, times
+    and a summary."""
+    from .config import resolve_engine
     from .gap import gap_study
     from .profiles import load_profile
 
-    net, sp, points, _, _ = _prepare(model, spec, None)
+    run = _resolve(spec, descent, None, n=n, classes=classes, norm=norm)
     exact = load_profile(solver, "exact")
     if solver_option:
         exact = exact.with_overrides(_overrides(solver_option))
     if time_limit is not None:
         exact = exact.with_overrides({"time_limit": time_limit})
-    desc = load_profile(descent, "descent")
+    exact_engine = resolve_engine(exact, run.spec.norm, run.engine.domain, method="exact")
+    net, points = _prepare(model, run)
     net.cut_index(cut)
     with _progress() as report:
-        rep = gap_study(net, points, cut, pairs, exact, desc, progress=report)
+        rep = gap_study(net, points, cut, pairs, exact_engine, run.engine, progress=report)
     out = out or Path("out") / f"gap_{model.stem}_{cut}"
     paths = rep.write(out)
     con = _console()
@@ -324,9 +490,17 @@ def gap(model: ModelArg, spec: SpecOpt,
     con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
 
 
-JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for the local "
-                                                "executor (default: every core; 1 runs in this process).",
-                                                show_default=False)]
+def _check_jobs(value: int | None) -> int | None:
+    """--jobs below 1 is one error line (exit 2), not a usage box."""
+    if value is not None and value < 1:
+        print(f"error: --jobs must be at least 1 (got {value})", file=sys.stderr)
+        raise typer.Exit(EXIT_USER_ERROR)
+    return value
+
+
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", callback=_check_jobs, help="Worker processes for "
+                                                "the local executor (default: every core; 1 runs in this "
+                                                "process).", show_default=False)]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where pair tasks run: local (process pool), serial or "
                                           "ray.")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local "
@@ -353,20 +527,25 @@ def _print_distances(d, con) -> None:
 @app.command()
 @user_errors
 def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
-              time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting new pairs "
-                                                                   "after this many seconds.")] = None,
+              time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after this many "
+                                                                   "seconds (pairs in flight are abandoned); "
+                                                                   "rerun to continue.")] = None,
               jobs: JobsOpt = None, executor: ExecutorOpt = "local", address: AddressOpt = None,
-              solver_option: SolverOptionOpt = None, order: OrderOpt = "promise") -> None:
+              solver_option: SolverOptionOpt = None, order: OrderOpt = "promise", n: NOpt = None,
+              cuts: CutsOpt = None, classes: ClassesOpt = None, norm: NormOpt = None) -> None:
     """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
     from .executors import make_executor
     from .pipeline import compute_distances
 
-    net, sp, points, cuts, profile = _prepare(model, spec, solver, solver_option)
+    run = _resolve(spec, solver, solver_option, n=n, cuts=cuts, classes=classes, norm=norm,
+                   time_budget=time_budget, order=order)
+    net, points = _prepare(model, run)
     ex = make_executor(executor, jobs=jobs, address=address)
     out = out or _default_out(model, spec)
     with _progress() as report:
-        d = compute_distances(net, points, cuts, profile, out, progress=report, time_budget=time_budget,
-                              info={"spec": sp.to_dict()}, executor=ex, order=order)
+        d = compute_distances(net, points, run.spec.resolve_cuts(net), run.engine, out, progress=report,
+                              time_budget=run.time_budget, info={"spec": run.spec.to_dict()}, executor=ex,
+                              order=run.order, normalize=run.spec.normalize)
     np.savez_compressed(out / "distances.npz", **{c: d.by_cut[c].eps for c in d.cuts},
                         index_a=points.index_a, index_b=points.index_b)
     con = _console()
@@ -375,8 +554,9 @@ def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: Solver
               + ("" if d.complete else "; [yellow]incomplete[/yellow]: rerun the same command to continue"))
 
 
-TimeBudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting new pairs after "
-                                                         "this many seconds; bounds use the pairs done.")]
+TimeBudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Stop after this many seconds "
+                                                         "(pairs in flight are abandoned); bounds use the pairs "
+                                                         "done. Default: the spec's time_budget.")]
 
 
 def _print_bounds(a, con) -> None:
@@ -396,31 +576,40 @@ def _print_bounds(a, con) -> None:
 @user_errors
 def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
           time_budget: TimeBudgetOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
-          address: AddressOpt = None, solver_option: SolverOptionOpt = None, order: OrderOpt = "promise") -> None:
+          address: AddressOpt = None, solver_option: SolverOptionOpt = None, order: OrderOpt = "promise",
+          n: NOpt = None, eps: EpsOpt = None, cuts: CutsOpt = None, classes: ClassesOpt = None,
+          norm: NormOpt = None) -> None:
     """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
     from .analysis import analyze
     from .executors import make_executor
     from .report import write_results
 
-    net, sp, points, cuts, profile = _prepare(model, spec, solver, solver_option)
+    run = _resolve(spec, solver, solver_option, n=n, eps=eps, cuts=cuts, classes=classes, norm=norm,
+                   time_budget=time_budget, order=order)
+    net, points = _prepare(model, run)
     ex = make_executor(executor, jobs=jobs, address=address)
-    if time_budget is None:
-        time_budget = sp.time_budget
     out = out or _default_out(model, spec)
     with _progress() as report:
-        a = analyze(net, sp, solver=profile, out_dir=out, cuts=cuts, progress=report, time_budget=time_budget,
-                    executor=ex, order=order)
+        a = analyze(net, run, points, out_dir=out, progress=report, executor=ex)
     paths = write_results(a, out)
     con = _console()
+    dom = "" if a.domain is None else f", domain [{a.domain[0]:g}, {a.domain[1]:g}]"
     con.print(f"{escape(net.source.path)}: classes {a.classes[0]} vs {a.classes[1]}, {a.n_a} + {a.n_b} points "
-              f"({escape(points.origin)}), solver profile {escape(profile.name)}")
+              f"({escape(points.origin)}), {run.norm.label} budget{dom}, solver profile {escape(a.profile.name)}")
     _print_bounds(a, con)
+    if a.unavailable and run.spec.cuts is None:
+        gone = ", ".join(c for c, _ in a.unavailable)
+        con.print(f"[yellow]not computed[/yellow]: cuts {escape(gone)} ({escape(a.unavailable[0][1])})")
     if not a.complete:
         done = min(c.pairs_done for c in a.cuts)
-        con.print(f"[yellow]incomplete[/yellow]: the time budget stopped the descent after {done:,} of "
+        con.print(f"[yellow]incomplete[/yellow]: the time budget stopped the run after {done:,} of "
                   f"{a.cuts[0].pairs_total:,} pairs; bounds count pairs not computed as no edge (still valid, "
                   f"looser). Rerun the same command to continue.")
     con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
+    if a.pairs_failed:
+        failed = ", ".join(f"{c.cut} {c.pairs_failed}" for c in a.cuts if c.pairs_failed)
+        con.print(f"[red]{a.pairs_failed:,} pair computations failed[/red] ({failed}): they count as no edge "
+                  f"at their cut (shallower collisions still count); see results.json")
 
 
 @app.command()
@@ -432,7 +621,8 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
                                                                 "(default: file names).")] = None,
             out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("out/compare"),
             solver: SolverOpt = None, time_budget: TimeBudgetOpt = None,
-            solver_option: SolverOptionOpt = None) -> None:
+            solver_option: SolverOptionOpt = None, n: NOpt = None, eps: EpsOpt = None, classes: ClassesOpt = None,
+            norm: NormOpt = None) -> None:
     """Plot one cut across several models (e.g. training methods) on the same points and budgets."""
     from .analysis import analyze
     from .errors import SpecError
@@ -443,12 +633,13 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
         raise SpecError(f"{len(labels)} --label values for {len(models)} models")
     if len(set(labels)) != len(labels):
         raise SpecError("model labels must differ (pass --label)")
+    run = _resolve(spec, solver, solver_option, n=n, eps=eps, cuts=cut, classes=classes, norm=norm,
+                   time_budget=time_budget)
+    inputs = [_prepare(m, run) for m in models]
     results = {}
     with _progress() as report:
-        for m, lab in zip(models, labels):
-            net, sp, points, cuts, profile = _prepare(m, spec, solver, solver_option)
-            results[lab] = analyze(net, sp, solver=profile, out_dir=out / lab, cuts=(cut,), progress=report,
-                                   time_budget=time_budget)
+        for (net, points), lab in zip(inputs, labels):
+            results[lab] = analyze(net, run, points, out_dir=out / lab, progress=report)
     paths = write_comparison(results, cut, out)
     con = _console()
     t = Table(show_edge=False, header_style="bold")

@@ -20,15 +20,6 @@ class ModelError(FxverifyError):
     """The ONNX file cannot be read or does not describe a supported network."""
 
 
-class UnsupportedModelError(ModelError):
-    """The ONNX graph uses operations fxverify cannot represent (all are listed)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = tuple(problems)
-        head = "unsupported operation" if len(problems) == 1 else f"{len(problems)} unsupported operations"
-        super().__init__(f"{head}: " + "; ".join(problems))
-
-
 class AgreementError(ModelError):
     """The imported network disagrees with onnxruntime beyond the tolerance."""
 

@@ -1,7 +1,7 @@
 """Where pair tasks run: in this process, in a pool of local processes, or on a Ray cluster.
 
 A :class:`PairJob` says everything a worker needs (the model file and its sha256, the solver
-profile, the two point sets, the cuts); a task is a chunk of (i, j) pairs and its result the
+resolved engine, the two point sets, the cuts, the input normalisation); a task is a chunk of (i, j) pairs and its result the
 list of :class:`~fxverify.store.PairRow` for every pair and cut. Workers are stateless between
 tasks apart from a cached :class:`~fxverify.collision.Collider`, so a task that is lost (a dead
 worker) is simply run again and gives the same rows: executors yield identical results.
@@ -9,18 +9,28 @@ worker) is simply run again and gives the same rows: executors yield identical r
 BLAS runs on one thread per worker: the cone LPs are small, and threaded BLAS on them costs
 far more in contention than it gains (measured: 8x slower per LP with two threads on two
 cores while another process runs).
+
+``run(job, chunks, net=None, deadline=None)``: ``deadline`` (a :func:`time.monotonic` time) is
+hard. No task starts after it, and tasks still running at it are abandoned: the local pool is
+shut down with its queue cancelled and its workers terminated, Ray tasks are cancelled; only
+whole tasks that finished are yielded. The serial executor checks it between pairs (the pair
+it is on finishes). Local workers also end with their parent: each watches its parent process
+and exits when it is gone (``kill -9`` of the run leaves no orphans).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import FxverifyError
-from .profiles import SolverProfile
 
 Chunk = tuple[tuple[int, int], ...]
 
@@ -33,10 +43,11 @@ class ExecutorError(FxverifyError):
 class PairJob:
     model_path: str
     model_sha256: str
-    profile: SolverProfile
+    engine: object  # fxverify.config.Engine (resolved: backends, norm, domain)
     X_a: np.ndarray = field(repr=False)
     X_b: np.ndarray = field(repr=False)
     cuts: tuple[str, ...]
+    normalize: tuple | None = None  # the spec's input normalisation, applied to the loaded model
 
 
 class _Worker:
@@ -47,20 +58,31 @@ class _Worker:
         from .onnx_import import load_model
 
         if net is None:
+            from .config import prepare_network
+
             net = load_model(job.model_path)
             if net.source.sha256 != job.model_sha256:
                 raise ExecutorError(f"{job.model_path} changed while the run was going on (sha256 differs)")
+            net = prepare_network(net, job.normalize)
         self.job = job
-        self.collider = Collider(net, job.profile)
+        self.collider = Collider(net, job.engine)
 
-    def run(self, chunk: Chunk):
+    def run(self, chunk: Chunk, deadline: float | None = None):
+        """Rows of every pair of ``chunk`` at every cut; with a ``deadline``, only the pairs
+        started before it (each pair whole)."""
         from .store import PairRow
 
         rows = []
         for i, j in chunk:
+            if _past(deadline):
+                break
             res = self.collider.collide_cuts(self.job.X_a[i], self.job.X_b[j], self.job.cuts)
             rows.extend(PairRow.of(res[c], i, j) for c in self.job.cuts)
         return rows
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
@@ -82,21 +104,29 @@ def _one_blas_thread():
     return threadpool_limits(limits=1)
 
 
-def _in_flight(chunks: Iterable[Chunk], limit: int, submit, wait_one, cancel=None) -> Iterator:
+def _in_flight(chunks: Iterable[Chunk], limit: int, submit, wait_one, cancel=None, deadline: float | None = None,
+               abandoned: list | None = None) -> Iterator:
     """Keep at most ``limit`` tasks in flight (so stopping early wastes little); yield each task
-    handle as it finishes. ``wait_one(pending) -> (done, pending)``; ``cancel`` runs on the
-    handles still pending when the consumer stops."""
+    handle as it finishes. ``wait_one(pending, timeout) -> (done, pending)`` (``timeout``
+    seconds, None: no limit). Past ``deadline`` no task is submitted and the handles still
+    pending are given up. ``cancel`` runs on the handles still pending when this stops (the
+    deadline, or the consumer stops); they are also appended to ``abandoned``."""
     chunks = iter(chunks)
     pending: list = []
     try:
         while True:
-            while len(pending) < limit and (chunk := next(chunks, None)) is not None:
+            while len(pending) < limit and not _past(deadline) and (chunk := next(chunks, None)) is not None:
                 pending.append(submit(chunk))
             if not pending:
                 return
-            done, pending = wait_one(pending)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = wait_one(pending, timeout)
             yield from done
+            if not done and _past(deadline):
+                return
     finally:
+        if abandoned is not None:
+            abandoned.extend(pending)
         if cancel is not None:
             for h in pending:
                 cancel(h)
@@ -108,12 +138,16 @@ class SerialExecutor:
     name = "serial"
     workers = 1
 
-    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None) -> Iterator[list]:
+    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None, deadline: float | None = None) -> Iterator[list]:
         """``net``: the loaded model, when the caller has it (saves loading it again)."""
         worker = _Worker(job, net)
         with _one_blas_thread():
             for chunk in chunks:
-                yield worker.run(chunk)
+                if _past(deadline):
+                    return
+                rows = worker.run(chunk, deadline)
+                if rows:
+                    yield rows
 
 
 # -- local process pool ------------------------------------------------------------------
@@ -121,8 +155,42 @@ _PROCESS_WORKER: _Worker | None = None
 _PROCESS_LIMITER = None
 
 
-def _init_process(job: PairJob) -> None:
+#: seconds between a worker's checks that its parent process is still there
+PARENT_POLL = 0.25
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker as soon as ``parent`` is no longer its parent (it died, even by kill -9,
+    and this process was handed to init): a worker never outlives its run."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL)
+    os._exit(1)  # no cleanup: the parent is gone, nothing waits for this process's results
+
+
+def _own_resource_tracker() -> None:
+    """Give this worker a multiprocessing resource tracker of its own, which warns nothing.
+
+    Libraries make named semaphores at import (pyomo does). A worker terminated at a deadline
+    cannot release them; the parent's tracker would then free them and print a warning at the
+    end of the run ("leaked semaphore objects"). This worker's own tracker frees them quietly
+    when the worker is gone."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if tracker is None or not hasattr(tracker, "_fd") or not hasattr(tracker, "_pid"):
+        return  # another implementation: keep the parent's tracker (at worst, a warning)
+    if tracker._fd is not None:
+        os.close(tracker._fd)  # the pipe to the parent's tracker, inherited
+    tracker._fd = tracker._pid = None  # the next semaphore starts this worker's own tracker
+    sys.warnoptions.append("ignore::UserWarning")  # the flags that tracker process starts with
+
+
+def _init_process(job: PairJob, parent: int) -> None:
     global _PROCESS_WORKER, _PROCESS_LIMITER  # per worker process, set once by the pool
+    threading.Thread(target=_watch_parent, args=(parent,), name="fxverify-parent-watch", daemon=True).start()
+    _own_resource_tracker()
+    # Ctrl-C reaches the whole process group: the parent stops the pool, workers stay quiet
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in _THREAD_ENV:  # this worker process only, before its libraries start threads
         os.environ[var] = "1"
     _PROCESS_LIMITER = _one_blas_thread()
@@ -142,22 +210,48 @@ class ProcessExecutor:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or len(os.sched_getaffinity(0)))
 
-    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None) -> Iterator[list]:
+    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None, deadline: float | None = None) -> Iterator[list]:
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        with cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_process,
-                                    initargs=(job,)) as pool:
-            def wait_one(pending):
-                done, rest = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_process,
+                                      initargs=(job, os.getpid()))
+        abandoned: list = []
+        finished = False
+        try:
+            def wait_one(pending, timeout):
+                done, rest = cf.wait(pending, timeout=timeout, return_when=cf.FIRST_COMPLETED)
                 return list(done), list(rest)
 
             for f in _in_flight(chunks, 2 * self.workers, lambda c: pool.submit(_run_process, c), wait_one,
-                                cancel=lambda f: f.cancel()):
+                                cancel=lambda f: f.cancel(), deadline=deadline, abandoned=abandoned):
                 try:
                     yield f.result()
                 except cf.process.BrokenProcessPool as err:
                     raise ExecutorError(f"a worker process died: {err}") from None
+            finished = not abandoned
+        finally:
+            _stop_pool(pool, wait=finished)
+
+
+def _stop_pool(pool, wait: bool) -> None:
+    """Shut the pool down: when its work is done, wait for the idle workers to exit; else
+    (deadline, error, interrupt) cancel the queue and terminate the workers now, so no task
+    in flight outlives the run (its rows are never stored: a pair is stored whole or not)."""
+    if wait:
+        pool.shutdown(wait=True)
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # the pool has no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+    pool.shutdown(wait=True)  # the pool's manager thread sees its workers gone, ends, frees its queues
 
 
 # -- Ray ------------------------------------------------------------------------------------
@@ -180,7 +274,7 @@ class RayExecutor:
     def workers(self) -> int:
         return self._workers or 1
 
-    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None) -> Iterator[list]:
+    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None, deadline: float | None = None) -> Iterator[list]:
         try:
             import ray
         except ImportError:
@@ -202,7 +296,8 @@ class RayExecutor:
             job_ref = ray.put(job)
             task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_ray_task)
             for ref in _in_flight(chunks, 2 * self.workers, lambda c: task.remote(job_ref, c),
-                                  lambda pending: ray.wait(pending, num_returns=1)):
+                                  lambda pending, timeout: ray.wait(pending, num_returns=1, timeout=timeout),
+                                  cancel=lambda r: ray.cancel(r, force=True), deadline=deadline):
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as err:
@@ -231,7 +326,8 @@ def _ray_task(job: PairJob, chunk: Chunk):
             os.close(fd)
             os._exit(1)  # the worker dies mid-task, as on a lost node
     worker = _RAY_WORKERS.get(job.model_sha256)
-    if worker is None or worker.job.profile != job.profile or worker.job.cuts != job.cuts \
+    if worker is None or worker.job.engine.describe() != job.engine.describe() \
+            or worker.job.normalize != job.normalize or worker.job.cuts != job.cuts \
             or not np.array_equal(worker.job.X_a, job.X_a) or not np.array_equal(worker.job.X_b, job.X_b):
         _RAY_WORKERS.clear()
         worker = _Worker(job)

@@ -22,7 +22,6 @@ from . import __version__
 from .collision import Collider
 from .data import Points
 from .ir import Network
-from .profiles import SolverProfile
 from .results import CollisionStatus
 
 
@@ -82,10 +81,11 @@ def choose_pairs(n_a: int, n_b: int, n_pairs: int, seed: int = 0) -> list[tuple[
     return [divmod(int(f), n_b) for f in flat]
 
 
-def gap_study(net: Network, points: Points, cut: str, n_pairs: int, exact: SolverProfile,
-              descent: SolverProfile, *, progress=None, seed: int = 0) -> GapReport:
+def gap_study(net: Network, points: Points, cut: str, n_pairs: int, exact, descent, *, progress=None,
+              seed: int = 0) -> GapReport:
+    """``exact`` and ``descent``: resolved engines (:func:`fxverify.config.resolve_engine`)."""
     net.cut_index(cut)
-    ex, de = Collider(net, exact, "exact"), Collider(net, descent, "descent")
+    ex, de = Collider(net, exact), Collider(net, descent)
     rows = []
     pairs = choose_pairs(len(points.X_a), len(points.X_b), n_pairs, seed)
     for k, (i, j) in enumerate(pairs):

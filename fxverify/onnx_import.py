@@ -1,26 +1,34 @@
-"""ONNX -> layer IR.
+"""ONNX -> graph IR.
 
 ``load_model(path)`` reads an ONNX classifier, folds every linear operation into the adjacent
-affine map, and returns a :class:`~fxverify.ir.Network` of affine / ReLU / max-pool layers.
-Every load is checked against onnxruntime at every cut (see :data:`AGREEMENT_TOLERANCE`).
+linear node, and returns a :class:`~fxverify.ir.Network` of linear nodes and pieces (ReLU, Leaky
+ReLU, MaxPool). Every load is checked against onnxruntime at every cut (see
+:data:`AGREEMENT_TOLERANCE`).
 
-How a graph becomes layers
---------------------------
-The graph must be a chain: one float input, one output, and each activation tensor consumed
-by one node. Nodes whose inputs are all constants (initializers, ``Constant`` nodes, the
-static ``Shape`` of an activation) are evaluated with onnx's reference evaluator, which folds
-exporter idioms such as PyTorch's ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``.
+How a graph becomes nodes
+-------------------------
+The model needs one float input and one output. Nodes whose inputs are all constants
+(initializers, ``Constant`` nodes, the static ``Shape`` of an activation) are evaluated with
+onnx's reference evaluator, which folds exporter idioms such as PyTorch's
+``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``.
 
-Operations on the activation are of four sorts:
+Every operation on activations is looked up in one table, :data:`OPS`, which says what it is:
 
-* *primary* linear ops (Conv, Gemm, MatMul, AveragePool, GlobalAveragePool) each start a new
-  affine layer: ``linearK`` (``poolK`` for average pools);
-* *elementwise* linear ops (Add/Sub/Mul/Div by a constant, BatchNormalization, Transpose) and
-  *layout* ops (Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout, float Cast) fold into
-  the open affine layer, or, when none is open, into the next primary op;
-* ``Relu`` becomes ``reluK``; ``MaxPool`` becomes ``poolK``.
+* ``primary`` linear ops (Conv, Gemm, MatMul, AveragePool, GlobalAveragePool) start a new linear
+  node: ``linearK`` (``poolK`` for average pools);
+* ``elementwise`` linear ops (Add/Sub/Mul/Div by a constant, BatchNormalization, Transpose, Pad)
+  and ``layout`` ops (Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout, float Cast) fold
+  into the open linear node, or, when none is open, into the next primary op;
+* ``combine`` ops join several activations linearly: an Add/Sub of two activations (a residual
+  connection) is ``addK``, a Concat ``concatK``;
+* ``piece`` ops are piecewise linear: Relu and LeakyRelu become ``reluK``, MaxPool ``poolK``.
 
-Every problem that makes a graph unsupported is collected and reported in one error.
+A linear expression is materialised as a node when a piece reads it, when another primary op
+follows it, when it feeds several nodes, or at the graph's output. An operation the table
+does not have (or cannot represent, e.g. a Mul of two activations) makes every cut that
+depends on it *unavailable* (``Network.unavailable`` says why); the cuts before it load.
+Linear maps keep their structure (:mod:`fxverify.linops`): a convolution is a sparse matrix,
+never a dense Toeplitz matrix, and a map too large for memory is refused before allocation.
 """
 
 from __future__ import annotations
@@ -28,98 +36,41 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
+import scipy.sparse as sp
 from onnx import numpy_helper
 
-from .errors import AgreementError, ModelError, UnsupportedModelError
-from .ir import INPUT_CUT, Affine, Agreement, Layer, MaxPool, ModelSource, Network, Relu
+from . import linops
+from .errors import AgreementError, ModelError
+from .ir import INPUT_CUT, Agreement, Linear, ModelSource, Network, Node, Unavailable
+from .linops import Map
+from .pieces import MaxPool, Relu
 from .reference import OnnxReference
 
 #: The IR and onnxruntime must agree at every cut within
 #: ``AGREEMENT_TOLERANCE * max(1, max |onnxruntime value at that cut|)``.
 #: onnxruntime computes in float32 (relative precision ~6e-8); a few hundred accumulations
 #: per layer over ten layers stay far below 1e-4, while any real import error (a wrong
-#: transpose, a missed bias, a wrong padding) shows up at order 1e-2 or more.
+#: transpose, a missed bias, a wrong padding) shows up at order 1e-2 or more. A model whose
+#: input is float16 is compared at float16's precision instead (:data:`FLOAT16_TOLERANCE`).
 AGREEMENT_TOLERANCE = 1e-4
+#: float16 has a relative precision of ~1e-3: its inputs alone are rounded that much
+FLOAT16_TOLERANCE = 3e-2
 
 #: Random inputs used for the check: uniform [0, 1) (the pixel range fxverify uses),
 #: standard normal (signs), and uniform [0, 255) (models that rescale raw pixels themselves).
 AGREEMENT_SEED = 20240611
 
-PRIMARY_OPS = {"Conv", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool"}
-ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Transpose"}
-LAYOUT_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast"}
-NONLINEAR_OPS = {"Relu", "MaxPool"}
-DATA_OPS = PRIMARY_OPS | ELEMENTWISE_OPS | LAYOUT_OPS | NONLINEAR_OPS
-
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16}
 
 
-# ----------------------------------------------------------------------------------------
-# Affine maps on flat vectors, in two forms: monomial (gather + scale) and dense.
-# ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Map:
-    """``y = W x + b`` with ``x`` of length ``in_dim``.
-
-    Monomial form (``W`` is None): ``y[i] = scale[i] * x[src[i]] + offset[i]`` (``src[i] = -1``
-    means no dependence on x). Transposes, broadcasts, elementwise constants and batch norms
-    are monomial, so chains of them compose in O(d) without dense matrices.
-    """
-
-    in_dim: int
-    offset: np.ndarray
-    W: np.ndarray | None = None
-    src: np.ndarray | None = None
-    scale: np.ndarray | None = None
-
-    @staticmethod
-    def monomial(in_dim, src, scale, offset) -> _Map:
-        src = np.asarray(src, dtype=np.int64)
-        scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), src.shape).ravel().copy()
-        offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), src.shape).ravel()
-        src = src.ravel()
-        scale[src < 0] = 0.0
-        return _Map(in_dim, offset.copy(), src=src, scale=scale)
-
-    @property
-    def out_dim(self) -> int:
-        return self.offset.shape[0]
-
-    def dense(self) -> np.ndarray:
-        if self.W is not None:
-            return self.W
-        W = np.zeros((self.out_dim, self.in_dim))
-        ok = self.src >= 0
-        W[np.nonzero(ok)[0], self.src[ok]] = self.scale[ok]
-        return W
-
-    def then(self, nxt: _Map) -> _Map:
-        """The composition ``nxt(self(x))``."""
-        if nxt.W is None:  # gather the rows of self
-            safe = np.where(nxt.src >= 0, nxt.src, 0)
-            off = nxt.scale * self.offset[safe] + nxt.offset
-            if self.W is None:
-                src = np.where(nxt.src >= 0, self.src[safe], -1)
-                return _Map.monomial(self.in_dim, src, nxt.scale * self.scale[safe], off)
-            return _Map(self.in_dim, off, W=nxt.scale[:, None] * self.W[safe])
-        off = nxt.W @ self.offset + nxt.offset
-        if self.W is not None:
-            return _Map(self.in_dim, off, W=nxt.W @ self.W)
-        import scipy.sparse as sp
-
-        ok = self.src >= 0
-        S = sp.csr_matrix((self.scale[ok], (np.nonzero(ok)[0], self.src[ok])), shape=(self.out_dim, self.in_dim))
-        return _Map(self.in_dim, off, W=np.asarray((S.T @ nxt.W.T).T))
-
-
-def _identity_gather(shape_in, shape_out_index: np.ndarray, factor=1.0, offset=0.0) -> _Map:
-    return _Map.monomial(int(np.prod(shape_in, dtype=np.int64)), shape_out_index, factor, offset)
+def _identity_gather(shape_in, shape_out_index: np.ndarray, factor=1.0, offset=0.0) -> Map:
+    return Map.monomial(int(np.prod(shape_in, dtype=np.int64)), shape_out_index, factor, offset)
 
 
 # ----------------------------------------------------------------------------------------
@@ -140,7 +91,11 @@ def _as_str(v) -> str:
 
 
 class _Problem(Exception):
-    """A problem with one node; collected into a one-line ModelError by the caller."""
+    """A node fxverify cannot represent: the cuts that depend on it become unavailable."""
+
+
+class _Malformed(_Problem):
+    """A node that is broken (NaN weights, ...): the whole model is refused."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -221,20 +176,6 @@ def _windows(spatial, kernel, out, pb, strides, dil, pe=None):
     return flat, in_padded.reshape(flat.shape)
 
 
-# ----------------------------------------------------------------------------------------
-# Converters: one per op family. Each gets (node, data input shape, constants) and returns
-# a _Step describing the output.
-# ----------------------------------------------------------------------------------------
-@dataclass
-class _Step:
-    kind: str  # "layout" | "elementwise" | "primary" | "relu" | "maxpool"
-    out_shape: tuple[int, ...]
-    map: _Map | None = None
-    window: np.ndarray | None = None
-    params: int = 0
-    avgpool: bool = False
-
-
 def _const(node, consts, i, what):
     if i >= len(node.input) or node.input[i] == "":
         return None
@@ -243,7 +184,7 @@ def _const(node, consts, i, what):
         raise _Problem(f"its {what} ({name!r}) is not a constant")
     v = consts[name]
     if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
-        raise _Problem(f"its {what} ({name!r}) contains NaN or infinite values")
+        raise _Malformed(f"its {what} ({name!r}) contains NaN or infinite values")
     return v
 
 
@@ -273,7 +214,7 @@ def _elementwise(node, shape, consts, data_pos):
         if np.any(cb == 0):
             raise _Problem("divides by zero")
         m = _identity_gather(shape, src, 1.0 / cb, 0.0)
-    return _Step("elementwise", out, m, params=int(c.size))
+    return out, m, int(c.size)
 
 
 def _batchnorm(node, shape, consts):
@@ -297,7 +238,7 @@ def _batchnorm(node, shape, consts):
     d = int(np.prod(shape, dtype=np.int64))
     m = _identity_gather(shape, np.arange(d).reshape(shape), np.broadcast_to(k.reshape(view), shape),
                          np.broadcast_to((bias - mean * k).reshape(view), shape))
-    return _Step("elementwise", tuple(shape), m, params=4 * C)
+    return tuple(shape), m, 4 * C
 
 
 def _transpose(node, shape, consts):
@@ -309,32 +250,32 @@ def _transpose(node, shape, consts):
     src = np.arange(d).reshape(shape).transpose(perm)
     out = tuple(shape[p] for p in perm)
     if perm == list(range(r)):
-        return _Step("layout", out)
-    return _Step("elementwise", out, _identity_gather(shape, src))
+        return out, None
+    return out, _identity_gather(shape, src)
 
 
 def _layout(node, shape, consts, opset):
     op, a = node.op_type, _attrs(node)
     d = int(np.prod(shape, dtype=np.int64))
     if op in ("Identity",):
-        return _Step("layout", tuple(shape))
+        return tuple(shape)
     if op == "Dropout":
         if len(node.output) > 1 and node.output[1]:
             raise _Problem("its mask output is used (training-mode dropout)")
         tm = _const(node, consts, 2, "training_mode") if len(node.input) > 2 and node.input[2] else None
         if tm is not None and bool(np.asarray(tm).ravel()[0]):
             raise _Problem("training_mode is true")
-        return _Step("layout", tuple(shape))
+        return tuple(shape)
     if op == "Cast":
         if int(a.get("to", 0)) not in _FLOAT_TYPES:
             raise _Problem("casts an activation to a non-float type")
-        return _Step("layout", tuple(shape))
+        return tuple(shape)
     if op == "Flatten":
         axis = int(a.get("axis", 1))
         axis = axis + len(shape) if axis < 0 else axis
         if not 0 <= axis <= len(shape):
             raise _Problem(f"axis {axis} out of range for shape {shape}")
-        return _Step("layout", (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64))))
+        return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
     if op == "Reshape":
         target = [int(t) for t in np.asarray(_const(node, consts, 1, "target shape")).ravel()]
         allowzero = int(a.get("allowzero", 0))
@@ -348,18 +289,18 @@ def _layout(node, shape, consts, opset):
             out[out.index(-1)] = d // rest
         if int(np.prod(out, dtype=np.int64)) != d:
             raise _Problem(f"cannot reshape {tuple(shape)} to {target}")
-        return _Step("layout", tuple(out))
+        return tuple(out)
     if op in ("Squeeze", "Unsqueeze"):
         axes = a.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = [int(x) for x in np.asarray(_const(node, consts, 1, "axes")).ravel()]
         if op == "Squeeze":
             if axes is None:
-                return _Step("layout", tuple(s for s in shape if s != 1))
+                return tuple(s for s in shape if s != 1)
             axes = [x + len(shape) if x < 0 else x for x in axes]
             if any(shape[x] != 1 for x in axes):
                 raise _Problem(f"squeezes an axis that is not 1 in {tuple(shape)}")
-            return _Step("layout", tuple(s for i, s in enumerate(shape) if i not in axes))
+            return tuple(s for i, s in enumerate(shape) if i not in axes)
         if axes is None:
             raise _Problem("no axes given")
         r = len(shape) + len(axes)
@@ -367,11 +308,28 @@ def _layout(node, shape, consts, opset):
         out = list(shape)
         for x in axes:
             out.insert(x, 1)
-        return _Step("layout", tuple(out))
+        return tuple(out)
     raise AssertionError(op)  # pragma: no cover
 
 
-def _conv(node, shape, consts):
+# ----------------------------------------------------------------------------------------
+# Converters: one per op family. Each gets (node, data input shape, constants, position of the
+# activation input) and returns a _Step: the output shape and the linear map (for linear ops)
+# or the piece to create.
+# ----------------------------------------------------------------------------------------
+@dataclass
+class _Step:
+    out_shape: tuple[int, ...]
+    map: Map | None = None  # None: a pure layout change (same flat order)
+    params: int = 0
+    primary: str | None = None  # "linear" | "pool": the op starts a new linear node of that name
+    piece: type | None = None  # a piece class, created with ``piece_args``
+    piece_args: dict = field(default_factory=dict)
+
+
+def _conv(node, shape, consts, pos, opset):
+    if pos != 0:
+        raise _Problem("takes its weights from an activation")
     W = _const(node, consts, 1, "weight")
     if W is None:
         raise _Problem("has no weight")
@@ -393,9 +351,10 @@ def _conv(node, shape, consts):
     out, pb, _, strides, dil = _pool_geometry(node, spatial, kernel, allow_ceil=False)
     if any(o <= 0 for o in out):
         raise _Problem(f"output spatial size {out} is empty")
+    P, Q = int(np.prod(out, dtype=np.int64)), int(np.prod(kernel, dtype=np.int64))
+    S = int(np.prod(spatial, dtype=np.int64))
+    linops.require_sparse(M * P * Cg * Q, M * P, f"its {M * P:,} x {C * S:,} convolution")
     win = _windows(spatial, kernel, out, pb, strides, dil)  # (P, Q)
-    P, Q = win.shape
-    S = int(np.prod(spatial))
     Mg = M // group
     m = np.arange(M)
     cin = (m // Mg)[:, None] * Cg + np.arange(Cg)[None, :]  # (M, Cg) absolute input channel
@@ -403,15 +362,14 @@ def _conv(node, shape, consts):
     cols = cin[:, None, :, None] * S + win[None, :, None, :]
     vals = np.broadcast_to(W.reshape(M, 1, Cg, Q), (M, P, Cg, Q))
     ok = np.broadcast_to(win[None, :, None, :] >= 0, (M, P, Cg, Q))
-    dense = np.zeros((M * P, C * S))
-    dense[rows[ok], cols[ok]] = vals[ok]
+    op = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(M * P, C * S))
+    op.sum_duplicates()
     bias = np.zeros(M) if B is None else B.astype(np.float64).reshape(M)
-    out_shape = (1, M) + tuple(out)
-    return _Step("primary", out_shape, _Map(C * S, np.repeat(bias, P), W=dense),
-                 params=int(W.size + (0 if B is None else B.size)))
+    return _Step((1, M) + tuple(out), Map(C * S, np.repeat(bias, P), W=op),
+                 params=int(W.size + (0 if B is None else B.size)), primary="linear")
 
 
-def _avgpool(node, shape, consts):
+def _avgpool(node, shape, consts, pos, opset):
     if len(shape) < 3 or shape[0] != 1:
         raise _Problem(f"input of shape {tuple(shape)} is not (1, C, spatial...)")
     C, spatial = shape[1], list(shape[2:])
@@ -428,16 +386,16 @@ def _avgpool(node, shape, consts):
     P, Q = win.shape
     S = int(np.prod(spatial))
     count = (in_padded if count_pad else (win >= 0)).sum(axis=1)
-    dense = np.zeros((C * P, C * S))
     rows = np.broadcast_to(np.arange(C * P).reshape(C, P, 1), (C, P, Q))
     cols = np.arange(C)[:, None, None] * S + win[None, :, :]
     ok = np.broadcast_to(win[None] >= 0, (C, P, Q))
     vals = np.broadcast_to((1.0 / np.maximum(count, 1))[None, :, None], (C, P, Q))
-    np.add.at(dense, (rows[ok], cols[ok]), vals[ok])
-    return _Step("primary", (1, C) + tuple(out), _Map(C * S, np.zeros(C * P), W=dense), avgpool=True)
+    op = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(C * P, C * S))
+    op.sum_duplicates()
+    return _Step((1, C) + tuple(out), Map(C * S, np.zeros(C * P), W=op), primary="pool")
 
 
-def _maxpool(node, shape, consts):
+def _maxpool(node, shape, consts, pos, opset):
     if len(node.output) > 1 and node.output[1]:
         raise _Problem("its indices output is used")
     if len(shape) < 3 or shape[0] != 1:
@@ -450,10 +408,32 @@ def _maxpool(node, shape, consts):
     table = np.where(win[None] >= 0, np.arange(C)[:, None, None] * S + win[None], -1)
     if np.any((win >= 0).sum(axis=1) == 0):
         raise _Problem("a pooling window lies entirely in the padding")
-    return _Step("maxpool", (1, C) + tuple(out), window=table.reshape(C * win.shape[0], win.shape[1]))
+    return _Step((1, C) + tuple(out), piece=MaxPool,
+                 piece_args={"window": table.reshape(C * win.shape[0], win.shape[1])})
 
 
-def _gemm(node, shape, consts, data_pos):
+def _relu(node, shape, consts, pos, opset):
+    return _Step(tuple(shape), piece=Relu)
+
+
+def _leaky_relu(node, shape, consts, pos, opset):
+    alpha = float(_attrs(node).get("alpha", 0.01))
+    if not 0.0 <= alpha < 1.0:
+        raise _Problem(f"has alpha={alpha:g} (a slope outside [0, 1) is not injective-monotone)")
+    return _Step(tuple(shape), piece=Relu, piece_args={"alpha": alpha})
+
+
+def _kron_eye_left(n: int, B: np.ndarray):
+    """I_n (x) B, dense when n == 1."""
+    return B if n == 1 else sp.kron(sp.identity(n, format="csr"), sp.csr_matrix(B), format="csr")
+
+
+def _kron_eye_right(A: np.ndarray, n: int):
+    """A (x) I_n, dense when n == 1."""
+    return A if n == 1 else sp.kron(sp.csr_matrix(A), sp.identity(n, format="csr"), format="csr")
+
+
+def _gemm(node, shape, consts, data_pos, opset):
     a = _attrs(node)
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
     tA, tB = int(a.get("transA", 0)), int(a.get("transB", 0))
@@ -474,8 +454,8 @@ def _gemm(node, shape, consts, data_pos):
         if Bp.shape[0] != K:
             raise _Problem(f"inner dimensions differ: activation {Ap_idx.shape} times weight {Bp.shape}")
         N = Bp.shape[1]
-        pre = _Map.monomial(d, Ap_idx.ravel(), 1.0, 0.0)
-        dense = alpha * np.kron(np.eye(M), Bp.T)  # vec_row(A' B') = (I_M ⊗ B'^T) vec_row(A')
+        pre = Map.monomial(d, Ap_idx.ravel(), 1.0, 0.0)
+        op = _kron_eye_left(M, alpha * Bp.T)  # vec_row(A' B') = (I_M ⊗ B'^T) vec_row(A')
     else:
         Ap = other.T if tA else other  # (M, K)
         Bp_idx = perm.T if tB else perm  # (K, N)
@@ -483,11 +463,12 @@ def _gemm(node, shape, consts, data_pos):
         M = Ap.shape[0]
         if Ap.shape[1] != K:
             raise _Problem(f"inner dimensions differ: weight {Ap.shape} times activation {Bp_idx.shape}")
-        pre = _Map.monomial(d, Bp_idx.ravel(), 1.0, 0.0)
-        dense = alpha * np.kron(Ap, np.eye(N))  # vec_row(A' B') = (A' ⊗ I_N) vec_row(B')
+        pre = Map.monomial(d, Bp_idx.ravel(), 1.0, 0.0)
+        op = _kron_eye_right(alpha * Ap, N)  # vec_row(A' B') = (A' ⊗ I_N) vec_row(B')
     bias = np.zeros((M, N)) if C is None else beta * np.broadcast_to(_bcast_check(C.astype(np.float64), (M, N)), (M, N))
-    step = pre.then(_Map(M * K if data_pos == 0 else K * N, bias.ravel(), W=dense))
-    return _Step("primary", (M, N), step, params=int(other.size + (0 if C is None else C.size)))
+    m = Map(M * K if data_pos == 0 else K * N, bias.ravel(), W=op)
+    return _Step((M, N), m if pre.is_identity else pre.then(m), params=int(other.size + (0 if C is None else C.size)),
+                 primary="linear")
 
 
 def _bcast_check(c, shape):
@@ -497,7 +478,7 @@ def _bcast_check(c, shape):
     return c
 
 
-def _matmul(node, shape, consts, data_pos):
+def _matmul(node, shape, consts, data_pos, opset):
     other = _const(node, consts, 1 - data_pos, "weight").astype(np.float64)
     if other.ndim > 2:
         raise _Problem(f"constant operand of shape {other.shape} is batched (not supported)")
@@ -507,21 +488,20 @@ def _matmul(node, shape, consts, data_pos):
         if len(shape) == 1:  # (K,) @ (K, N) or (K,) @ (K,)
             if other.shape[0] != shape[0]:
                 raise _Problem(f"inner dimensions differ: {shape} times {other.shape}")
-            dense = other.T if other.ndim == 2 else other[None, :]
+            op = other.T if other.ndim == 2 else other[None, :]
             out = (other.shape[1],) if other.ndim == 2 else ()
         else:
             K = shape[-1]
             if other.shape[0] != K:
                 raise _Problem(f"inner dimensions differ: {shape} times {other.shape}")
-            rows = d // K
             blk = other.T if other.ndim == 2 else other[None, :]
-            dense = np.kron(np.eye(rows), blk)
+            op = _kron_eye_left(d // K, blk)
             out = shape[:-1] + ((other.shape[1],) if other.ndim == 2 else ())
     else:
         if len(shape) == 1:  # (M, K) @ (K,)
             if other.shape[-1] != shape[0]:
                 raise _Problem(f"inner dimensions differ: {other.shape} times {shape}")
-            dense = other if other.ndim == 2 else other[None, :]
+            op = other if other.ndim == 2 else other[None, :]
             out = (other.shape[0],) if other.ndim == 2 else ()
         else:
             K, N = shape[-2], shape[-1]
@@ -529,35 +509,366 @@ def _matmul(node, shape, consts, data_pos):
                 raise _Problem(f"inner dimensions differ: {other.shape} times {shape}")
             A = other if other.ndim == 2 else other[None, :]
             batch = d // (K * N)
-            dense = np.kron(np.eye(batch), np.kron(A, np.eye(N)))
+            op = _kron_eye_left(batch, _kron_eye_right(A, N))
+            if linops.is_sparse(op) is False and batch > 1:  # pragma: no cover - _kron_eye_left makes it sparse
+                op = sp.csr_matrix(op)
             out = shape[:-2] + ((other.shape[0],) if other.ndim == 2 else ()) + (N,)
-    return _Step("primary", tuple(out) if out else (1,), _Map(d, np.zeros(dense.shape[0]), W=dense),
-                 params=int(other.size))
+    return _Step(tuple(out) if out else (1,), Map(d, np.zeros(op.shape[0]), W=op), params=int(other.size),
+                 primary="linear")
 
 
+def _pad(node, shape, consts, pos, opset):
+    if pos != 0:
+        raise _Problem("takes its pads from an activation")
+    a = _attrs(node)
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":
+        raise _Problem(f"mode {mode!r} (only constant padding is linear)")
+    if "pads" in a:
+        pads = [int(p) for p in a["pads"]]
+        value = float(a.get("value", 0.0))
+    else:
+        pads = [int(p) for p in np.asarray(_const(node, consts, 1, "pads")).ravel()]
+        v = _const(node, consts, 2, "constant value")
+        value = 0.0 if v is None else float(np.asarray(v).ravel()[0])
+        if len(node.input) > 3 and node.input[3]:
+            raise _Problem("pads selected axes (the axes input is not supported)")
+    r = len(shape)
+    if len(pads) != 2 * r or any(p < 0 for p in pads):
+        raise _Problem(f"pads {pads} do not fit {r} axes (negative pads are not supported)")
+    out = tuple(s + pads[i] + pads[r + i] for i, s in enumerate(shape))
+    d = int(np.prod(shape, dtype=np.int64))
+    src = np.full(out, -1, dtype=np.int64)
+    src[tuple(slice(pads[i], pads[i] + shape[i]) for i in range(r))] = np.arange(d).reshape(shape)
+    offset = np.where(src >= 0, 0.0, value)
+    if np.array_equal(out, shape):
+        return _Step(tuple(shape))
+    return _Step(out, Map.monomial(d, src, 1.0, offset))
+
+
+def _elementwise_step(node, shape, consts, pos, opset):
+    step = _elementwise(node, shape, consts, pos)
+    return _Step(step[0], step[1], params=step[2])
+
+
+def _batchnorm_step(node, shape, consts, pos, opset):
+    if pos != 0:
+        raise _Problem("its parameters come from an activation")
+    out, m, params = _batchnorm(node, shape, consts)
+    return _Step(out, m, params=params)
+
+
+def _transpose_step(node, shape, consts, pos, opset):
+    out, m = _transpose(node, shape, consts)
+    return _Step(out, m)
+
+
+def _layout_step(node, shape, consts, pos, opset):
+    if pos != 0:
+        raise _Problem("its shape or axes come from an activation")
+    return _Step(_layout(node, shape, consts, opset))
+
+
+#: The op table: ONNX op type -> (family, converter). Families: "linear" ops map one activation
+#: linearly (a converter's _Step has ``primary`` set when the op starts a new linear node),
+#: "piece" ops create a piecewise-linear node, "combine" ops join several activations.
+OPS = {
+    "Conv": ("linear", _conv),
+    "Gemm": ("linear", _gemm),
+    "MatMul": ("linear", _matmul),
+    "AveragePool": ("linear", _avgpool),
+    "GlobalAveragePool": ("linear", _avgpool),
+    "Add": ("linear", _elementwise_step),
+    "Sub": ("linear", _elementwise_step),
+    "Mul": ("linear", _elementwise_step),
+    "Div": ("linear", _elementwise_step),
+    "BatchNormalization": ("linear", _batchnorm_step),
+    "Transpose": ("linear", _transpose_step),
+    "Pad": ("linear", _pad),
+    "Flatten": ("linear", _layout_step),
+    "Reshape": ("linear", _layout_step),
+    "Squeeze": ("linear", _layout_step),
+    "Unsqueeze": ("linear", _layout_step),
+    "Identity": ("linear", _layout_step),
+    "Dropout": ("linear", _layout_step),
+    "Cast": ("linear", _layout_step),
+    "Relu": ("piece", _relu),
+    "LeakyRelu": ("piece", _leaky_relu),
+    "MaxPool": ("piece", _maxpool),
+    "Concat": ("combine", None),
+}
+#: ops that combine two activations when both operands are activations
+_COMBINING = {"Add": 1.0, "Sub": -1.0}
 # ----------------------------------------------------------------------------------------
-# Graph walk
+# The graph walk: activation tensors as linear expressions of materialised nodes
 # ----------------------------------------------------------------------------------------
-def _scan(graph: onnx.GraphProto, const_names: set[str], input_name: str) -> list[str]:
-    """Every node-level reason the graph is unsupported, in graph order."""
-    data = {input_name}
-    problems = []
-    for i, node in enumerate(graph.node):
-        data_in = [x for x in node.input if x in data]
-        if not data_in or node.op_type == "Shape":
-            continue
-        desc = _describe(node, i)
+@dataclass
+class _Expr:
+    """An activation tensor: ``sum over terms of map(source's output)`` (a map of None is the
+    identity on the source's flat output), or poisoned (depends on an unsupported op)."""
+
+    shape: tuple[int, ...] | None
+    terms: tuple[tuple[str, Map | None], ...] = ()
+    tensor: str = ""
+    ops: tuple[str, ...] = ()
+    params: int = 0
+    kind: str | None = None  # None (no primary op yet) | "linear" | "pool" | "add" | "concat"
+    poison: str | None = None
+
+    @property
+    def pure(self) -> bool:
+        """The plain output of one node (perhaps reshaped)."""
+        return len(self.terms) == 1 and self.terms[0][1] is None
+
+    def mapped(self, m: Map, dims: dict[str, int]) -> list[tuple[str, Map]]:
+        """Terms after applying ``m`` to the whole expression (its offset added once)."""
+        out = []
+        for k, (src, t) in enumerate(self.terms):
+            mk = m if k == 0 else Map(m.in_dim, np.zeros(m.out_dim), W=m.W, src=m.src, scale=m.scale)
+            out.append((src, mk if t is None else t.then(mk)))
+        return out
+
+
+class _GraphBuilder:
+    def __init__(self, path, input_name: str, input_shape: tuple[int, ...], consumers: dict[str, int]) -> None:
+        self.path = path
+        self.nodes: list[Node] = []
+        self.dims = {INPUT_CUT: int(np.prod(input_shape, dtype=np.int64))}
+        self.shapes = {INPUT_CUT: tuple(input_shape)}
+        self.tensors = {INPUT_CUT: input_name}
+        self.count = {"linear": 0, "relu": 0, "pool": 0, "add": 0, "concat": 0}
+        self.unavailable: list[Unavailable] = []
+        self.unsupported: list[str] = []
+        self.consumers = consumers
+
+    def _name(self, kind: str) -> str:
+        self.count[kind] += 1
+        return f"{kind}{self.count[kind]}"
+
+    def materialise(self, e: _Expr) -> _Expr:
+        """A node for a linear expression (a pure expression is its source already)."""
+        if e.pure:
+            return e
+        name = self._name(e.kind or "linear")
+        srcs = tuple(s for s, _ in e.terms)
+        weights, bias = [], 0.0
+        what = f"{name} ({', '.join(o.split(' (')[0] for o in e.ops)})"
+        for src, m in e.terms:
+            if m is None:
+                d = self.dims[src]
+                weights.append(np.eye(d) if d <= 256 else sp.identity(d, format="csr"))
+            else:
+                weights.append(m.operator(what))
+                bias = bias + m.offset
+        out_dim = int(np.prod(e.shape, dtype=np.int64))
+        bias = np.broadcast_to(np.asarray(bias, dtype=np.float64), (out_dim,)).copy()
+        for w in weights:
+            if not (np.all(np.isfinite(w.data if linops.is_sparse(w) else w))):
+                raise ModelError(f"{self.path}: {what} has NaN or infinite weights")
+        if not np.all(np.isfinite(bias)):
+            raise ModelError(f"{self.path}: {what} has NaN or infinite weights")
+        node = Linear(name=name, inputs=srcs, in_shape=self.shapes[srcs[0]], out_shape=tuple(e.shape),
+                      ops=e.ops, onnx_tensor=e.tensor, weights=tuple(weights), bias=bias, source_params=e.params)
+        self._add(node)
+        return _Expr(e.shape, ((name, None),), e.tensor)
+
+    def _add(self, node: Node) -> None:
+        self.nodes.append(node)
+        self.dims[node.name] = node.out_dim
+        self.shapes[node.name] = tuple(node.out_shape)
+        self.tensors[node.name] = node.onnx_tensor
+
+    def poisoned(self, node, reason: str) -> _Expr:
+        """The output of an op that cannot be represented (or depends on one): the cut it would
+        have started is unavailable."""
+        fam = OPS.get(node.op_type, (None,))[0]
+        kind = None
+        if fam == "piece":
+            kind = "pool" if node.op_type == "MaxPool" else "relu"
+        elif node.op_type in ("Conv", "Gemm", "MatMul"):
+            kind = "linear"
+        elif node.op_type in ("AveragePool", "GlobalAveragePool"):
+            kind = "pool"
+        elif node.op_type == "Concat":
+            kind = "concat"
+        if kind is not None:
+            self.unavailable.append(Unavailable(self._name(kind), reason))
+        return _Expr(None, poison=reason)
+
+    def linear(self, node, desc, x: _Expr, pos: int, conv, consts, opset) -> _Expr:
+        step = conv(node, x.shape, consts, pos, opset)
+        out = node.output[0]
+        if step.primary is not None and x.kind is not None:  # each primary op starts its own node
+            x = self.materialise(x)
+        terms = x.terms if step.map is None else tuple(x.mapped(step.map, self.dims))
+        kind = step.primary if step.primary is not None else x.kind
+        return _Expr(tuple(step.out_shape), terms, out, x.ops + (desc,), x.params + step.params, kind)
+
+    def piece(self, node, desc, x: _Expr, conv, consts, opset) -> _Expr:
+        step = conv(node, x.shape, consts, 0, opset)
+        src = self.materialise(x)
+        (name_in, _), = src.terms
+        kind = "pool" if step.piece is MaxPool else "relu"
+        name = self._name(kind)
+        p = step.piece(name=name, inputs=(name_in,), in_shape=tuple(x.shape), out_shape=tuple(step.out_shape),
+                       ops=(desc,), onnx_tensor=node.output[0], **step.piece_args)
+        self._add(p)
+        return _Expr(tuple(step.out_shape), ((name, None),), node.output[0])
+
+    def combine(self, node, desc, xs: list[tuple[int, _Expr]], consts) -> _Expr:
         op = node.op_type
-        if op not in DATA_OPS:
-            problems.append(desc)
-        elif len(data_in) > 1:
-            verb = {"Add": "adds", "Sub": "subtracts", "Mul": "multiplies", "Div": "divides"}.get(op)
-            problems.append(f"{desc} {verb} two activations (a residual or gated connection)" if verb
-                            else f"{desc} combines several activations")
-        data.update(o for o in node.output if o)
-    return problems
+        out = node.output[0]
+        # each operand keeps its own cut: a pending primary op is materialised first
+        xs = [(k, self.materialise(e) if e.kind is not None else e) for k, e in xs]
+        if op in _COMBINING:
+            if len(xs) != 2 or len(node.input) != 2:
+                raise _Problem("does not have two operands")
+            (_, a), (_, b) = sorted(xs, key=lambda t: t[0])
+            shape = _broadcast_shape(a.shape, b.shape)
+            terms = list(self._broadcast(a, shape, 1.0))
+            terms += list(self._broadcast(b, shape, _COMBINING[op]))
+            return _Expr(tuple(shape), self._merge(terms), out, a.ops + b.ops + (desc,), a.params + b.params, "add")
+        # Concat of activations (and constants)
+        axis = int(_attrs(node).get("axis", 0))
+        parts = []
+        for k, name in enumerate(node.input):
+            e = next((e for kk, e in xs if kk == k), None)
+            if e is None:
+                c = _const(node, consts, k, f"input {k}")
+                parts.append((None, np.asarray(c, dtype=np.float64)))
+            else:
+                parts.append((e, None))
+        shapes = [tuple(e.shape) if e is not None else c.shape for e, c in parts]
+        r = len(shapes[0])
+        axis = axis + r if axis < 0 else axis
+        if not 0 <= axis < r or any(len(s) != r or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
+                                    for s in shapes):
+            raise _Problem(f"cannot concatenate shapes {shapes} along axis {axis}")
+        out_shape = list(shapes[0])
+        out_shape[axis] = sum(s[axis] for s in shapes)
+        tag = np.concatenate([np.full(s, k, dtype=np.int64) for k, s in enumerate(shapes)], axis=axis)
+        pos = np.concatenate([np.arange(int(np.prod(s, dtype=np.int64))).reshape(s) for s in shapes], axis=axis)
+        tag, pos = tag.ravel(), pos.ravel()
+        terms, offset = [], np.zeros(tag.size)
+        for k, (e, c) in enumerate(parts):
+            sel = tag == k
+            if e is None:
+                offset[sel] = c.ravel()[pos[sel]]
+                continue
+            src = np.where(sel, pos, -1)
+            g = Map.monomial(int(np.prod(e.shape, dtype=np.int64)), src, 1.0, 0.0)
+            for s, t in e.terms:
+                terms.append((s, g if t is None else t.then(g)))
+        if not terms:  # pragma: no cover - a Concat of constants is folded before
+            raise _Problem("has no activation input")
+        s0, t0 = terms[0]
+        terms[0] = (s0, Map(t0.in_dim, t0.offset + offset, W=t0.W, src=t0.src, scale=t0.scale))
+        ops = sum((e.ops for e, _ in parts if e is not None), ())
+        params = sum(e.params for e, _ in parts if e is not None)
+        return _Expr(tuple(out_shape), self._merge(terms), out, ops + (desc,), params, "concat")
+
+    def _broadcast(self, e: _Expr, shape, factor: float):
+        d = int(np.prod(e.shape, dtype=np.int64))
+        src = np.broadcast_to(np.arange(d).reshape(e.shape), shape)
+        g = _identity_gather(e.shape, src, factor, 0.0)
+        if g.is_identity:
+            return e.terms
+        return tuple(e.mapped(g, self.dims))
+
+    def _merge(self, terms) -> tuple:
+        """One term per source (x + x is 2x), every map explicit."""
+        merged: dict[str, Map] = {}
+        for src, m in terms:
+            m = m if m is not None else Map.identity(self.dims[src])
+            merged[src] = m if src not in merged else merged[src].plus(m)
+        return tuple(merged.items())
 
 
+def _consumers(g: onnx.GraphProto) -> dict[str, int]:
+    count: dict[str, int] = {}
+    for node in g.node:
+        if node.op_type == "Shape":
+            continue
+        for x in node.input:
+            if x:
+                count[x] = count.get(x, 0) + 1
+    for o in g.output:
+        count[o.name] = count.get(o.name, 0) + 1
+    return count
+
+
+def _build_graph(model: onnx.ModelProto, path, input_name: str, input_shape: tuple[int, ...]):
+    g = model.graph
+    consts: dict[str, np.ndarray] = {}
+    for t in g.initializer:
+        try:
+            consts[t.name] = numpy_helper.to_array(t)
+        except Exception as err:  # a truncated file can leave tensors without their data
+            raise ModelError(f"{path}: initializer {t.name!r} cannot be read (truncated file?): {err}") from None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    b = _GraphBuilder(path, input_name, input_shape, _consumers(g))
+    exprs: dict[str, _Expr] = {input_name: _Expr(tuple(input_shape), ((INPUT_CUT, None),), input_name)}
+    shapes = {input_name: tuple(input_shape)}  # static shapes of activations (for Shape nodes)
+    for i, node in enumerate(g.node):
+        desc = _describe(node, i)
+        for x in node.input:
+            if x and x not in consts and x not in exprs:
+                raise ModelError(f"{path}: {desc} uses tensor {x!r} before it is produced (graph not in order)")
+        act = [(k, x) for k, x in enumerate(node.input) if x in exprs]
+        if not act or node.op_type == "Shape":
+            if node.op_type == "Shape" and act and exprs[act[0][1]].poison:
+                out = _Expr(None, poison=exprs[act[0][1]].poison)
+                exprs.update({o: out for o in node.output if o})
+                continue
+            try:
+                consts.update(_fold(node, consts, model.opset_import, shapes))
+            except _Problem as p:
+                raise ModelError(f"{path}: {desc} {p}") from None
+            continue
+        bad = next((exprs[x].poison for _, x in act if exprs[x].poison), None)
+        if bad is not None:
+            out = b.poisoned(node, bad)
+        else:
+            try:
+                out = _convert(b, node, desc, [(k, exprs[x]) for k, x in act], consts, opset)
+            except _Malformed as p:
+                raise ModelError(f"{path}: {desc} {p}") from None
+            except _Problem as p:
+                for _, x in act:  # the cuts before the op stay available
+                    exprs[x] = b.materialise(exprs[x])
+                b.unsupported.append(f"{desc}: {p}")
+                out = b.poisoned(node, f"it depends on {desc}: {p}")
+        for o in node.output[:1]:
+            if out.poison is None and b.consumers.get(o, 0) > 1:
+                out = b.materialise(out)  # several readers share one node
+            exprs[o] = out
+            if out.shape is not None:
+                shapes[o] = out.shape
+    final = exprs.get(g.output[0].name)
+    if final is None:
+        raise ModelError(f"{path}: the graph output {g.output[0].name!r} is not computed from the input")
+    if final.poison is None:
+        b.materialise(final)
+    return b.nodes, b.unavailable, b.unsupported
+
+
+def _convert(b: _GraphBuilder, node, desc, act, consts, opset) -> _Expr:
+    op = node.op_type
+    if op not in OPS:
+        raise _Problem(f"{op} is not a supported operation")
+    fam, conv = OPS[op]
+    if fam == "combine" or (op in _COMBINING and len(act) > 1):
+        return b.combine(node, desc, act, consts)
+    if len(act) > 1:
+        verb = {"Mul": "multiplies", "Div": "divides", "MatMul": "multiplies", "Gemm": "multiplies"}.get(op, "combines")
+        raise _Problem(f"{verb} two activations (not linear)")
+    (pos, x), = act
+    if fam == "piece":
+        if pos != 0:
+            raise _Problem("reads an activation in a parameter position")
+        return b.piece(node, desc, x, conv, consts, opset)
+    return b.linear(node, desc, x, pos, conv, consts, opset)
 def _fold(node, consts, opset_imports, shapes) -> dict[str, np.ndarray]:
     """Evaluate a node whose inputs are all constants."""
     if node.op_type == "Constant":
@@ -579,91 +890,6 @@ def _fold(node, consts, opset_imports, shapes) -> dict[str, np.ndarray]:
     except Exception as err:  # the reference evaluator raises many exception types
         raise _Problem(f"cannot be evaluated as a constant: {err}") from None
     return {o: np.asarray(r) for o, r in zip([o for o in node.output if o], res)}
-
-
-@dataclass
-class _Block:
-    """An affine layer under construction (or a prefix of ops waiting for a primary op)."""
-
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    tensor: str
-    map: _Map | None = None
-    ops: list[str] = field(default_factory=list)
-    params: int = 0
-    primary: bool = False
-    avgpool: bool = False
-
-    def add(self, m: _Map | None, out_shape, tensor, desc, params) -> None:
-        if m is not None:
-            self.map = m if self.map is None else self.map.then(m)
-        self.out_shape, self.tensor = tuple(out_shape), tensor
-        self.ops.append(desc)
-        self.params += params
-
-
-class _LayerBuilder:
-    def __init__(self) -> None:
-        self.layers: list[Layer] = []
-        self.open: _Block | None = None  # affine layer with a primary op
-        self.prefix: _Block | None = None  # ops waiting for a primary op
-        self.count = {"linear": 0, "relu": 0, "pool": 0}
-
-    def _name(self, kind: str) -> str:
-        self.count[kind] += 1
-        return f"{kind}{self.count[kind]}"
-
-    def _emit_affine(self, b: _Block) -> None:
-        d_in = int(np.prod(b.in_shape, dtype=np.int64))
-        m = b.map if b.map is not None else _Map.monomial(d_in, np.arange(d_in), 1.0, 0.0)
-        self.layers.append(Affine(name=self._name("pool" if b.avgpool else "linear"), in_shape=b.in_shape,
-                                  out_shape=b.out_shape, ops=tuple(b.ops), onnx_tensor=b.tensor,
-                                  weight=m.dense(), bias=m.offset, source_params=b.params))
-
-    def _flush(self) -> None:
-        if self.open is not None:
-            self._emit_affine(self.open)
-            self.open = None
-        if self.prefix is not None:
-            if self.prefix.map is not None:  # linear ops between two nonlinearities
-                self._emit_affine(self.prefix)
-            elif self.layers:  # pure reshapes: attach to the previous layer
-                import dataclasses
-
-                last = self.layers[-1]
-                self.layers[-1] = dataclasses.replace(last, out_shape=self.prefix.out_shape,
-                                                      onnx_tensor=self.prefix.tensor,
-                                                      ops=last.ops + tuple(self.prefix.ops))
-            self.prefix = None
-
-    def step(self, step: _Step, in_shape, out_tensor: str, desc: str) -> None:
-        if step.kind in ("layout", "elementwise"):
-            target = self.open
-            if target is None:
-                if self.prefix is None:
-                    self.prefix = _Block(tuple(in_shape), tuple(in_shape), out_tensor)
-                target = self.prefix
-            target.add(step.map, step.out_shape, out_tensor, desc, step.params)
-        elif step.kind == "primary":
-            if self.open is not None:
-                self._emit_affine(self.open)
-            blk = self.prefix or _Block(tuple(in_shape), tuple(in_shape), out_tensor)
-            blk.add(step.map, step.out_shape, out_tensor, desc, step.params)
-            blk.primary, blk.avgpool = True, step.avgpool
-            self.open, self.prefix = blk, None
-        else:
-            self._flush()
-            if step.kind == "relu":
-                self.layers.append(Relu(name=self._name("relu"), in_shape=tuple(in_shape),
-                                        out_shape=tuple(step.out_shape), ops=(desc,), onnx_tensor=out_tensor))
-            else:
-                self.layers.append(MaxPool(name=self._name("pool"), in_shape=tuple(in_shape),
-                                           out_shape=tuple(step.out_shape), ops=(desc,), onnx_tensor=out_tensor,
-                                           window=step.window))
-
-    def finish(self) -> list[Layer]:
-        self._flush()
-        return self.layers
 
 
 def _read(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes]:
@@ -736,85 +962,16 @@ def _input_of(model: onnx.ModelProto, path) -> tuple[str, tuple, tuple[int, ...]
     return inp.name, tuple(onnx_shape), tuple(full)
 
 
-def _build_layers(model: onnx.ModelProto, path, input_name: str, input_shape: tuple[int, ...]) -> list[Layer]:
-    g = model.graph
-    consts: dict[str, np.ndarray] = {}
-    for t in g.initializer:
-        try:
-            consts[t.name] = numpy_helper.to_array(t)
-        except Exception as err:  # a truncated file can leave tensors without their data
-            raise ModelError(f"{path}: initializer {t.name!r} cannot be read (truncated file?): {err}") from None
-    problems = _scan(g, set(consts), input_name)
-    if problems:
-        raise UnsupportedModelError(problems)
+def _input_dtype(model: onnx.ModelProto, input_name: str) -> str:
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    return {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
+            onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}[
+        inp.type.tensor_type.elem_type]
 
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    shapes: dict[str, tuple[int, ...]] = {input_name: input_shape}
-    consumed: dict[str, str] = {}
-    head = input_name
-    builder = _LayerBuilder()
-    for i, node in enumerate(g.node):
-        desc = _describe(node, i)
-        for x in node.input:
-            if x and x not in consts and x not in shapes:
-                raise ModelError(f"{path}: {desc} uses tensor {x!r} before it is produced (graph not in order)")
-        data_in = [(k, x) for k, x in enumerate(node.input) if x in shapes]
-        try:
-            if not data_in or node.op_type == "Shape":
-                consts.update(_fold(node, consts, model.opset_import, shapes))
-                continue
-            (pos, x), = data_in  # _scan guarantees one activation input
-            if x in consumed:
-                raise ModelError(f"{path}: tensor {x!r} feeds both {consumed[x]} and {desc}: branching graphs "
-                                 f"(skip or residual connections) are not supported")
-            if x != head:
-                raise ModelError(f"{path}: {desc} reads {x!r}, which is not the latest activation: "
-                                 f"the graph is not a single chain")
-            consumed[x] = desc
-            shape = shapes[x]
-            op = node.op_type
-            if op in ("Add", "Sub", "Mul", "Div"):
-                step = _elementwise(node, shape, consts, pos)
-            elif op == "BatchNormalization":
-                if pos != 0:
-                    raise _Problem("its parameters come from an activation")
-                step = _batchnorm(node, shape, consts)
-            elif op == "Transpose":
-                step = _transpose(node, shape, consts)
-            elif op in LAYOUT_OPS:
-                if pos != 0:
-                    raise _Problem("its shape or axes come from an activation")
-                step = _layout(node, shape, consts, opset)
-            elif op == "Conv":
-                if pos != 0:
-                    raise _Problem("takes its weights from an activation")
-                step = _conv(node, shape, consts)
-            elif op == "Gemm":
-                step = _gemm(node, shape, consts, pos)
-            elif op == "MatMul":
-                step = _matmul(node, shape, consts, pos)
-            elif op in ("AveragePool", "GlobalAveragePool"):
-                step = _avgpool(node, shape, consts)
-            elif op == "MaxPool":
-                step = _maxpool(node, shape, consts)
-            elif op == "Relu":
-                step = _Step("relu", tuple(shape))
-            else:  # pragma: no cover - _scan rejects these
-                raise _Problem("is not supported")
-        except _Problem as p:
-            raise ModelError(f"{path}: {desc} {p}") from None
-        out = node.output[0]
-        shapes[out] = tuple(step.out_shape)
-        head = out
-        builder.step(step, shape, out, desc)
-    if g.output[0].name != head:
-        raise ModelError(f"{path}: the graph output {g.output[0].name!r} is not the end of the activation chain "
-                         f"({head!r})")
-    layers = builder.finish()
-    for layer in layers:
-        if isinstance(layer, Affine) and not (np.all(np.isfinite(layer.weight)) and np.all(np.isfinite(layer.bias))):
-            raise ModelError(f"{path}: layer {layer.name} ({', '.join(layer.ops)}) has NaN or infinite weights")
-    return layers
+
+def tolerance_for(dtype: str) -> float:
+    """How closely onnxruntime, computing in the model's input type, must agree with the IR."""
+    return FLOAT16_TOLERANCE if dtype in ("float16", "bfloat16") else AGREEMENT_TOLERANCE
 
 
 def check_agreement(net: Network, n_random: int = 8) -> Agreement:
@@ -824,43 +981,51 @@ def check_agreement(net: Network, n_random: int = 8) -> Agreement:
     d = net.input_dim
     X = np.concatenate([rng.uniform(0, 1, (n_random - 2 * k, d)), rng.standard_normal((k, d)),
                         rng.uniform(0, 255, (k, d))])
+    if net.source.input_dtype in ("float16", "bfloat16"):
+        # the model sees its inputs rounded to its own type: compare on the same inputs
+        X = X.astype(np.float16).astype(np.float64)
     cuts = net.cuts
     ref = OnnxReference(net.source, [net.onnx_tensor(c) for c in cuts]).run(X)
+    mine = net.evaluate(X, cuts)
     diffs, scales = {}, {}
-    feats = X
     for c in cuts:
-        if c != INPUT_CUT:
-            feats = net.layers[net.cut_index(c) - 1].apply(feats)
-        r = ref[net.onnx_tensor(c)]
+        r, feats = ref[net.onnx_tensor(c)], mine[c]
         if r.shape != feats.shape:
             raise AgreementError(f"{net.source.path}: cut {c} has {feats.shape[1]} features in the IR but "
                                  f"{r.shape[1]} in onnxruntime")
         diffs[c] = float(np.max(np.abs(r - feats))) if r.size else 0.0
         scales[c] = float(np.max(np.abs(r))) if r.size else 0.0
-    return Agreement(max_abs_diff=diffs, scale=scales, tolerance=AGREEMENT_TOLERANCE, n_inputs=len(X))
+    return Agreement(max_abs_diff=diffs, scale=scales, tolerance=tolerance_for(net.source.input_dtype),
+                     n_inputs=len(X))
 
 
 def load_model(path: str | os.PathLike) -> Network:
     """Import an ONNX classifier as a :class:`Network` and check it against onnxruntime.
 
-    Raises :class:`~fxverify.errors.ModelError` (one line) for unreadable files, unsupported
-    operations (all listed), several inputs, non-float inputs, unresolvable dynamic shapes,
-    or disagreement with onnxruntime above :data:`AGREEMENT_TOLERANCE`.
+    Raises :class:`~fxverify.errors.ModelError` (one line) for unreadable files, several
+    inputs, non-float inputs, unresolvable dynamic shapes, maps too large for memory, or
+    disagreement with onnxruntime above the tolerance. Operations fxverify cannot represent do
+    not stop the load: the cuts that depend on them are listed in ``Network.unavailable``.
     """
     model, raw = _read(path)
     input_name, onnx_shape, full_shape = _input_of(model, path)
-    layers = _build_layers(model, path, input_name, full_shape)
+    try:
+        nodes, unavailable, unsupported = _build_graph(model, path, input_name, full_shape)
+    except linops.TooLarge as err:
+        raise ModelError(f"{path}: {err}") from None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     source = ModelSource(path=str(path), sha256=hashlib.sha256(raw).hexdigest(), input_name=input_name,
                          output_name=model.graph.output[0].name, onnx_input_shape=onnx_shape, onnx_bytes=raw,
-                         producer=f"{model.producer_name} {model.producer_version}".strip(), opset=opset)
-    net = Network(layers=tuple(layers), input_tensor_shape=full_shape, source=source)
+                         producer=f"{model.producer_name} {model.producer_version}".strip(), opset=opset,
+                         input_dtype=_input_dtype(model, input_name))
+    net = Network(nodes=tuple(nodes), input_tensor_shape=full_shape, source=source, unavailable=tuple(unavailable),
+                  unsupported=tuple(unsupported))
     agreement = check_agreement(net)
     bad = [c for c in net.cuts if not agreement.ok(c)]
     if bad:
         c = bad[0]
         raise AgreementError(
             f"{path}: the imported network disagrees with onnxruntime at cut {c} (max abs difference "
-            f"{agreement.max_abs_diff[c]:.3g}, tolerance {AGREEMENT_TOLERANCE:g} x max(1, {agreement.scale[c]:.3g})); "
+            f"{agreement.max_abs_diff[c]:.3g}, tolerance {agreement.tolerance:g} x max(1, {agreement.scale[c]:.3g})); "
             f"cuts that disagree: {', '.join(bad)}")
-    return Network(layers=net.layers, input_tensor_shape=full_shape, source=source, agreement=agreement)
+    return replace(net, agreement=agreement)

@@ -19,12 +19,11 @@ import numpy as np
 
 from . import __version__
 from .collision import Collider
-from .collision.closed_form import all_pairs_eps, residual_bound
+from .collision.affine import all_pairs_eps, closed_form, residual_bound
 from .collision.verify import IR_TOLERANCE
 from .data import Points
 from .errors import FxverifyError
 from .ir import Network
-from .profiles import SolverProfile
 from .results import CollisionStatus
 from .store import ResultStore, fingerprint
 
@@ -75,7 +74,7 @@ class Distances:
 
 def _closed_form(collider: Collider, points: Points, cut: str, store: ResultStore) -> None:
     t0 = time.perf_counter()
-    ch = collider.chain(cut)
+    ch = collider.plan(cut)
     eps = all_pairs_eps(ch, points.X_a, points.X_b)
     message = ""
     # a proof for every pair: the singular values the projection drops leave at most this
@@ -140,27 +139,30 @@ def promise_order(eps: np.ndarray, pairs=None) -> list[tuple[int, int]]:
 
 def promise_budgets(collider: Collider, points: Points, first_paired: str,
                     store: ResultStore | None = None) -> np.ndarray:
-    """Upper bounds on every pair's budget at the descent cut ``first_paired``, to order pairs
-    by: the closed form at the deepest identity or affine cut before it (from ``store`` when
-    the run computed it there)."""
-    net = collider.net
-    before = net.cuts[:net.cuts.index(first_paired)]
-    shallow = [c for c in before if collider.chain(c).kind in ("identity", "affine")]
+    """Upper bounds on every pair's budget at the paired cut ``first_paired``, to order pairs
+    by: the closed form at the deepest cut with one that determines it (from ``store`` when the
+    run computed it there)."""
+    doms = collider.net.dominators(first_paired)[:-1]
+    shallow = [c for c in doms if closed_form(collider.plan(c))]
     cut = shallow[-1] if shallow else "input"
     stored = store.matrix(cut) if store is not None else None
     if stored is not None and np.isfinite(stored[0]).all():
         return stored[0]
-    return all_pairs_eps(collider.chain(cut), points.X_a, points.X_b)
+    return all_pairs_eps(collider.plan(cut), points.X_a, points.X_b)
 
 
-def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profile: SolverProfile,
+def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engine,
                       out_dir, *, progress: Progress | None = None, time_budget: float | None = None,
-                      info: dict | None = None, executor=None, order: str = "promise") -> Distances:
+                      info: dict | None = None, executor=None, order: str = "promise",
+                      normalize=None) -> Distances:
     """Compute (or resume) the budgets of all pairs at ``cuts`` into the store in ``out_dir``.
 
-    ``executor``: where the pair tasks run (:func:`fxverify.executors.make_executor`; default:
-    a process pool over the local cores). ``time_budget``: seconds after which no new pair
-    is started (pairs in flight finish); the result then covers the pairs done. ``order``:
+    ``engine``: the resolved collision method (:func:`fxverify.config.resolve_engine`);
+    ``normalize``: the spec's input normalisation, already applied to ``net`` (workers apply it
+    again to the model they load). ``executor``: where the pair tasks run
+    (:func:`fxverify.executors.make_executor`; default: a process pool over the local cores).
+    ``time_budget``: seconds after which the run stops, abandoning the pairs in flight; the
+    result then covers the pairs done. ``order``:
     ``"promise"`` computes the pairs in :func:`promise_order` (nearest partners of every point
     first, so a budget-limited run covers the pairs that matter most), ``"file"`` row by row;
     the order never changes a pair's result."""
@@ -169,14 +171,14 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profi
     from .executors import PairJob, SerialExecutor, make_executor
 
     t_start = time.perf_counter()
-    collider = Collider(net, profile)
-    fp = fingerprint(net.source.sha256, points.X_a, points.X_b, profile.to_dict())
+    collider = Collider(net, engine)
+    settings = {**engine.describe(), "normalize": None if normalize is None else [list(x) for x in normalize]}
+    fp = fingerprint(net.source.sha256, points.X_a, points.X_b, settings)
     meta = {"fxverify": __version__, "model": net.source.path, "model_sha256": net.source.sha256,
-            "profile": profile.to_dict(), **(info or {})}
+            "profile": engine.profile.to_dict(), "engine": settings, **(info or {})}
     n_a, n_b = len(points.X_a), len(points.X_b)
     cuts = tuple(c for c in net.cuts if c in cuts)
-    kinds = {c: collider.chain(c).kind for c in cuts}
-    closed = [c for c in cuts if kinds[c] in ("identity", "affine")]
+    closed = [c for c in cuts if closed_form(collider.plan(c))]
     paired = [c for c in cuts if c not in closed]
     with ResultStore(out_dir, fp, meta) as store:
         for k, cut in enumerate(closed):
@@ -198,21 +200,35 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profi
                 executor = make_executor("local")
             if not (net.source.path and os.path.isfile(net.source.path)):
                 executor = SerialExecutor()  # workers load the model from its file
-            job = PairJob(net.source.path, net.source.sha256, profile, points.X_a, points.X_b, tuple(paired))
+            job = PairJob(net.source.path, net.source.sha256, engine, points.X_a, points.X_b, tuple(paired),
+                          normalize)
+
+            # the time budget is hard: at the deadline the executor abandons the pairs in flight
+            # (never stored: a pair's rows are stored whole, in one transaction) and stops
+            deadline = None if time_budget is None else \
+                time.monotonic() + time_budget - (time.perf_counter() - t_start)
 
             def chunks():
                 for k in range(0, len(todo), CHUNK):
-                    if time_budget is not None and time.perf_counter() - t_start > time_budget:
+                    if deadline is not None and time.monotonic() >= deadline:
                         return
                     yield tuple(todo[k:k + CHUNK])
 
             n_done = len(done)
             if todo:
-                for rows in executor.run(job, chunks(), net=net):
-                    store.add_pairs(rows)
-                    n_done += len(rows) // len(paired)
-                    if progress:
-                        progress("descent", n_done, total)
+                # executors without a deadline parameter still run (with the budget checked
+                # between chunks only)
+                running = executor.run(job, chunks(), net=net, **({} if deadline is None else {"deadline": deadline}))
+                try:
+                    for rows in running:
+                        store.add_pairs(rows)
+                        n_done += len(rows) // len(paired)
+                        if progress:
+                            progress("descent", n_done, total)
+                finally:
+                    close = getattr(running, "close", None)  # a generator: stops the workers now
+                    if close is not None:                    # (also on an error or an interrupt)
+                        close()
         by_cut = {}
         for cut in cuts:
             if cut in closed:
@@ -231,7 +247,8 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], profi
                     seconds += r.seconds
                     if r.status == CollisionStatus.FOUND.value:
                         eps[r.i, r.j] = r.eps
+                plan = collider.plan(cut)
+                method = engine.method if plan.kind == "pieces" else "lp"
                 by_cut[cut] = CutDistances(cut, eps, computed, counts["found"], counts["failed"],
-                                           counts["not-applicable"], profile.method, seconds,
-                                           collider.chain(cut).reason)
+                                           counts["not-applicable"], method, seconds, "")
     return Distances(cuts, by_cut, n_a, n_b)

@@ -17,7 +17,12 @@ from typing import Any
 from .backends.base import SolverOptions
 from .errors import SolverError
 
-DEFAULT_PROFILE = "descent-cvxopt"
+#: the profile used when none is named: by the library, the CLI and a spec without ``"solver"``
+#: (the spec schema's default names it too; a test keeps them equal)
+DEFAULT_PROFILE = "descent-activeset"
+#: the LP backend a descent profile uses under l-inf / l1 when its own backend solves only
+#: cone LPs (activeset) and the profile names no ``lp_backend``
+DEFAULT_LP_BACKEND = "highs"
 METHODS = ("closed_form", "descent", "faithful", "exact")
 STARTS = ("midpoint", "shallower")
 
@@ -39,41 +44,52 @@ class SolverProfile:
     #: descent: when no safe flip is left, try the dual-suggested flips that leave the current
     #: point infeasible (one more cone LP per descent)
     risky_flips: bool = False
+    #: descent under l-inf / l1: the LP backend when ``backend`` solves only cone LPs
+    lp_backend: str = DEFAULT_LP_BACKEND
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "method": self.method, "backend": self.backend,
                 "time_limit": self.options.time_limit, "rel_gap": self.options.rel_gap,
                 "threads": self.options.threads, "options": dict(self.options.native),
                 "max_iterations": self.max_iterations, "start": self.start,
-                "risky_flips": self.risky_flips, "source": self.source,
+                "risky_flips": self.risky_flips, "lp_backend": self.lp_backend, "source": self.source,
                 **({"fallback": self.fallback, "fallback_options": dict(self.fallback_options.native)}
                    if self.fallback else {})}
 
+    def to_document(self) -> dict[str, Any]:
+        """The profile as a profile file (valid against the schema)."""
+        doc: dict[str, Any] = {"version": 1, "method": self.method, "backend": self.backend,
+                               "max_iterations": self.max_iterations, "start": self.start,
+                               "risky_flips": self.risky_flips, "lp_backend": self.lp_backend,
+                               "options": dict(self.options.native)}
+        if self.description:
+            doc["description"] = self.description
+        for k in ("time_limit", "rel_gap", "threads"):
+            if getattr(self.options, k) is not None:
+                doc[k] = getattr(self.options, k)
+        if self.fallback:
+            doc["fallback"] = {"backend": self.fallback, "options": dict(self.fallback_options.native)}
+        return doc
+
     def with_overrides(self, overrides: dict[str, Any]) -> SolverProfile:
-        """Apply ``key=value`` overrides: portable keys (time_limit, rel_gap, threads,
-        max_iterations, method, start, risky_flips) or backend options."""
-        opts, prof = self.options, self
-        native = dict(opts.native)
+        """Apply ``key=value`` overrides: the profile's own keys (time_limit, rel_gap, threads,
+        max_iterations, method, start, risky_flips, lp_backend), checked against the profile
+        schema, or backend options (checked by the backend when the profile is resolved)."""
+        doc = self.to_document()
         for k, v in overrides.items():
-            if k in ("time_limit", "rel_gap", "threads"):
-                opts = replace(opts, **{k: v})
-            elif k == "max_iterations":
-                prof = replace(prof, max_iterations=int(v))
-            elif k == "method":
-                if v not in METHODS:
-                    raise SolverError(f"unknown method {v!r}; methods: {', '.join(METHODS)}")
-                prof = replace(prof, method=v)
-            elif k == "start":
-                if v not in STARTS:
-                    raise SolverError(f"unknown start {v!r}; starts: {', '.join(STARTS)}")
-                prof = replace(prof, start=v)
-            elif k == "risky_flips":
-                if not isinstance(v, bool):
-                    raise SolverError(f"risky_flips must be true or false, not {v!r}")
-                prof = replace(prof, risky_flips=v)
+            if k in _PORTABLE:
+                doc[k] = v
             else:
-                native[k] = v
-        return replace(prof, options=replace(opts, native=native))
+                doc["options"][k] = v
+        return replace(_parse(doc, self.name, f"{self.source} with overrides {_show(overrides)}"),
+                       source=self.source)
+
+
+_PORTABLE = ("time_limit", "rel_gap", "threads", "max_iterations", "method", "start", "risky_flips", "lp_backend")
+
+
+def _show(overrides: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in overrides.items())
 
 
 def builtin_profiles() -> dict[str, Any]:
@@ -88,7 +104,10 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
     from .spec import _format_path
 
     schema = json.loads((resources.files("fxverify.schemas") / "profile-v1.json").read_text())
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    try:
+        errors = list(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    except RecursionError:
+        raise SolverError(f"solver profile {source} is nested too deeply") from None
     if errors:
         e = max(errors, key=jsonschema.exceptions.relevance)
         raise SolverError(f"solver profile {source}: invalid at {_format_path(e.absolute_path)}: {e.message}")
@@ -98,15 +117,21 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
     return SolverProfile(name=name, method=doc["method"], backend=doc["backend"], options=opts,
                          max_iterations=int(doc.get("max_iterations", 50)), description=doc.get("description", ""),
                          start=doc.get("start", "midpoint"), risky_flips=bool(doc.get("risky_flips", False)),
-                         source=source, fallback=fb["backend"] if fb else None,
+                         lp_backend=doc.get("lp_backend", DEFAULT_LP_BACKEND), source=source, fallback=fb["backend"] if fb else None,
                          fallback_options=SolverOptions(native=dict(fb.get("options", {}))) if fb else None)
 
 
-def _read(text: str, source: str) -> Any:
+def _read(raw: bytes, source: str) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SolverError(f"solver profile {source} is not a text file (not UTF-8)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise SolverError(f"solver profile {source} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    except RecursionError:
+        raise SolverError(f"solver profile {source} is nested too deeply to be a profile") from None
 
 
 def load_profile(solver: str | None, method: str | None = None) -> SolverProfile:
@@ -123,9 +148,13 @@ def load_profile(solver: str | None, method: str | None = None) -> SolverProfile
     if solver.endswith(".json") or path.is_file():
         if not path.is_file():
             raise SolverError(f"solver profile file not found: {path}")
-        prof = _parse(_read(path.read_text(), str(path)), path.stem, str(path))
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise SolverError(f"cannot read solver profile {path}: {err.strerror}") from None
+        prof = _parse(_read(raw, str(path)), path.stem, str(path))
     elif solver in builtins:
-        prof = _parse(_read(builtins[solver].read_text(), solver), solver, f"built-in profile {solver}")
+        prof = _parse(_read(builtins[solver].read_bytes(), solver), solver, f"built-in profile {solver}")
     elif solver in backend_classes():
         prof = SolverProfile(name=solver, method=method or "descent", backend=solver, source=f"backend {solver}")
     else:

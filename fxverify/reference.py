@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from .errors import ModelError
-from .ir import ModelSource
+from .ir import InputMap, ModelSource
 
 _ORT_FLOAT = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -26,7 +26,7 @@ _ORT_FLOAT = {
 class OnnxReference:
     """An onnxruntime session over the original model that also returns ``tensors``."""
 
-    def __init__(self, source: ModelSource, tensors: Sequence[str]) -> None:
+    def __init__(self, source: ModelSource, tensors: Sequence[str], input_map: InputMap | None = None) -> None:
         import onnxruntime as ort
 
         model = onnx.load_from_string(source.onnx_bytes)
@@ -37,6 +37,7 @@ class OnnxReference:
                 existing.add(name)
         self.tensors = tuple(tensors)
         self.source = source
+        self.input_map = input_map
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = 1
@@ -53,8 +54,11 @@ class OnnxReference:
         self._batched = source.dynamic_batch
 
     def run(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Evaluate the model on rows of ``X`` (n x input_dim). Returns tensor -> (n, dim) float64."""
+        """Evaluate the model on rows of ``X`` (n x input_dim), after the network's input map (spec
+        ``normalize``) when it has one. Returns tensor -> (n, dim) float64."""
         X = np.asarray(X)
+        if self.input_map is not None:
+            X = self.input_map(X)
         n = X.shape[0]
         outs: list[list[np.ndarray]] = []
         try:

@@ -85,6 +85,11 @@ class Spec:
         if self.cuts is None:
             return net.cuts
         unknown = [c for c in self.cuts if c not in net.cuts]
+        gone = {u.cut: u.reason for u in net.unavailable}
+        if any(c in gone for c in unknown):
+            names = [c for c in unknown if c in gone]
+            raise SpecError(f"spec {self.path or ''} names cut(s) {', '.join(names)} that fxverify cannot compute "
+                            f"for this model: {gone[names[0]]}; available cuts: {', '.join(net.cuts)}")
         if unknown:
             raise SpecError(f"spec {self.path or ''} names cut(s) {', '.join(unknown)} that the model does not have; "
                             f"its cuts are: {', '.join(net.cuts)}")

@@ -22,3 +22,23 @@ def test_deeper_cut_bounds_never_below_shallower():
     for ra, rb in zip(per_cut[0].records, per_cut[1].records):
         assert rb.edges >= ra.edges and rb.loss01_lower >= ra.loss01_lower and rb.ce_lower >= ra.ce_lower - 1e-12
     assert "2 pairs take a shallower cut's collision" in per_cut[1].note
+
+
+def test_bounds_take_only_the_collisions_of_cuts_that_determine_the_cut(tmp_path):
+    """In a residual graph a branch's collision is no collision after the Add."""
+    from onnx import helper
+
+    import fxverify
+    from builders import make, rand, save
+
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["m2"]), helper.make_node("Add", ["m2", "r"], ["y"])]
+    net = fxverify.load_model(save(tmp_path, make(nodes, ["N", 4], inits={"W": rand(4, 4), "W2": rand(4, 4)})))
+    assert net.cuts == ("input", "linear1", "relu1", "linear2", "add1")
+    e = {c: np.full((2, 2), 5.0) for c in net.cuts}
+    e["linear2"] = np.full((2, 2), 0.1)  # the branch alone collides cheaply: no collision at add1
+    e["relu1"][0, 0] = 1.0  # relu1 determines add1: its collision counts there
+    d = Distances(net.cuts, {c: _cut(c, m) for c, m in e.items()}, 2, 2)
+    _, mats = bounds_from_distances(d, [1.0], net)
+    assert mats["add1"][0, 0] == 1.0 and mats["add1"][1, 1] == 5.0
+    assert mats["linear2"][1, 1] == 0.1

@@ -11,6 +11,7 @@ import fxverify
 from fxverify.backends.base import Availability, ConeProblem, MinMaxNormProblem, SolverOptions, Termination
 from fxverify.backends.registry import backend_classes, get_backend
 from fxverify.collision import Collider
+from fxverify.config import resolve_engine
 from fxverify.data import load_embedded, select_points
 
 from builders import min_max_norm_cones
@@ -24,7 +25,7 @@ def _instances():
 
     net = fxverify.load_model(MODELS / "fcnn_mnist_3v7_benign.onnx")
     pts = select_points(load_embedded("mnist"), (3, 7), 3)
-    col = Collider(net)
+    col = Collider(net, resolve_engine())
     out = []
     for cut in ("relu1", "relu2", "linear3"):
         d = col._descent(cut)
@@ -114,14 +115,19 @@ def test_descent_with_activeset_matches_cvxopt_descent(shipped_model):
     net = fxverify.load_model(shipped_model)
     pts = select_points(load_embedded("mnist"), (3, 7), 2)
     cuts = ("relu1", "relu2", "linear3")
-    fast, ref = Collider(net, "descent-activeset"), Collider(net, "descent-cvxopt")
-    diffs = []
+    fast, ref = Collider(net, resolve_engine("descent-activeset")), Collider(net, resolve_engine("descent-cvxopt"))
+    diffs, cvxopt_failed = [], 0
     for i, j in [(0, 0), (1, 1)]:
         a = fast.collide_cuts(pts.X_a[i], pts.X_b[j], cuts)
         b = ref.collide_cuts(pts.X_a[i], pts.X_b[j], cuts)
         for c in cuts:
-            assert a[c].verified and b[c].verified
+            assert a[c].verified
+            if not b[c].verified:  # cvxopt's LPs fail now and then ('unknown'): a failed pair, counted
+                assert "LP failed" in b[c].message or "cone LP failed" in b[c].message, b[c].message
+                cvxopt_failed += 1
+                continue
             diffs.append((a[c].eps - b[c].eps) / b[c].eps)
+    print("cvxopt failures:", cvxopt_failed)
     print("relative eps differences activeset - cvxopt:", np.round(diffs, 5))
     # same method, different LP solver: the paths may part on near-ties. cvxopt's interior-point
     # duals are less exact, and at linear3 its descent can stop well above the active-set one

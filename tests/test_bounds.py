@@ -11,8 +11,9 @@ import scipy.sparse as sp
 from cvxopt import log, matrix, solvers, spdiag
 
 from fxverify.bounds import ce_lower_bound, ce_optimal_q, conflict_graph, lower_bounds, max_matching
-from fxverify.collision.chain import Chain
-from fxverify.collision.closed_form import all_pairs_eps
+from fxverify.collision.affine import all_pairs_eps
+from fxverify.collision.plan import CutPlan
+from fxverify.norms import get_norm
 from fxverify.data import load_embedded, load_idx_dir, select_points
 from fxverify.errors import FxverifyError
 
@@ -119,10 +120,23 @@ def test_lower_bounds_rejects_bad_input():
         lower_bounds(np.ones(3), [1.0])
 
 
+def _input_plan():
+    """The input cut's plan (only the norm matters there)."""
+    from conftest import MODELS
+
+    return CutPlan.of(fxverify_load(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx"), "input", get_norm("l2"))
+
+
+def fxverify_load(path):
+    import fxverify
+
+    return fxverify.load_model(path)
+
+
 def test_input_cut_edges_follow_the_published_convention():
     """Embedded MNIST 3 vs 7, pixels / 255, edge iff |u - v| <= 2 eps (counted independently)."""
     pts = select_points(load_embedded("mnist"), (3, 7), 500)
-    E = all_pairs_eps(Chain("identity", "input"), pts.X_a, pts.X_b)
+    E = all_pairs_eps(_input_plan(), pts.X_a, pts.X_b)
     A = np.round(pts.X_a * 255).astype(np.int64)
     B = np.round(pts.X_b * 255).astype(np.int64)
     D2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T  # exact integers
@@ -135,7 +149,7 @@ def test_published_numbers_n2000():
     if not (FULL_DATA / "mnist").is_dir():
         pytest.skip(f"full MNIST IDX files not at {FULL_DATA / 'mnist'} (scripts/fetch_data.sh)")
     pts = select_points(load_idx_dir(FULL_DATA / "mnist"), (3, 7), 2000)
-    E = all_pairs_eps(Chain("identity", "input"), pts.X_a, pts.X_b)
+    E = all_pairs_eps(_input_plan(), pts.X_a, pts.X_b)
     (rec,) = lower_bounds(E, [3.8])
     assert rec.edges == 35055
     assert round(rec.ce_lower, 5) == 0.24986

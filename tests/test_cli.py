@@ -70,7 +70,6 @@ def test_bad_models_exit_2_with_one_line(tmp_path, shipped_model):
         (tmp_path / "missing.onnx", ["model file not found"]),
         (tmp_path / "garbage.onnx", ["not a valid ONNX"]),
         (tmp_path / "trunc.onnx", ["not a valid ONNX"]),
-        (sig, ["unsupported operation: Sigmoid 'act' (node 1, output 'y')"]),
         (two, ["exactly one input", "'x', 'z'"]),
         (ints, ["element type INT32", "needs a float input"]),
         (dyn, ["dynamic dimension 1 ('C')"]),
@@ -86,15 +85,28 @@ def test_usage_error_is_exit_2():
     assert "Traceback" not in res.stderr
 
 
-def test_third_party_unsupported_models_exit_2():
+def test_unsupported_ops_make_later_cuts_unavailable(tmp_path):
     from conftest import REAL_ONNX
 
+    sig = save(tmp_path, make([helper.make_node("MatMul", ["x", "W"], ["m"]),
+                               helper.make_node("Sigmoid", ["m"], ["y"], name="act")], ["N", 784],
+                              inits={"W": rand(784, 3)}), "sig.onnx")
+    res = fx("inspect", sig)
+    assert res.returncode == 0, res.stderr
+    assert "cuts: input, linear1" in res.stdout and "Sigmoid 'act' (node 1, output 'y')" in res.stdout
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({"version": 1, "data": {"embedded": "mnist"}, "classes": [3, 7], "n_per_class": 2,
+                                "eps": [1.0], "cuts": ["linear1", "linear9"]}))
+    assert_user_error(fx("bound", sig, "--spec", spec, "--out", tmp_path / "o"), "linear9",
+                      "that the model does not have")
     if not REAL_ONNX.is_dir():
         pytest.skip(f"third-party ONNX corpus not found at {REAL_ONNX}")
-    assert_user_error(fx("inspect", REAL_ONNX / "resnet_2b.onnx"),
-                      "Add 'Add_6' (node 6, output '23') adds two activations")
-    assert_user_error(fx("inspect", REAL_ONNX / "eran_mnist_sigmoid_6x200.onnx"),
-                      "6 unsupported operations: Sigmoid 'Sigmoid_6'")
+    res = fx("inspect", REAL_ONNX / "eran_mnist_sigmoid_6x200.onnx")
+    assert res.returncode == 0 and "unavailable (not computed): linear2, linear3" in res.stdout
+    spec.write_text(json.dumps({"version": 1, "data": {"embedded": "mnist"}, "classes": [3, 7], "n_per_class": 2,
+                                "eps": [1.0], "cuts": ["linear1", "linear2"]}))
+    assert_user_error(fx("bound", REAL_ONNX / "eran_mnist_sigmoid_6x200.onnx", "--spec", spec, "--out",
+                         tmp_path / "o2"), "linear2", "cannot compute", "Sigmoid 'Sigmoid_6'")
 
 
 def _small_spec(tmp_path, **over):
@@ -132,7 +144,7 @@ def test_bound_end_to_end_writes_the_files(tmp_path, tiny_model):
     assert res.returncode == 0, res.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["model"]["sha256"] == __import__("hashlib").sha256(tiny_model.read_bytes()).hexdigest()
-    assert doc["spec"]["n_per_class"] == 3 and doc["solver"]["name"] == "descent-cvxopt"
+    assert doc["spec"]["n_per_class"] == 3 and doc["solver"]["name"] == "descent-activeset"
     assert doc["fxverify_version"] and doc["complete"] is True
     recs = doc["results"]
     cuts = ["input", "linear1", "relu1", "linear2", "relu2", "linear3"]
@@ -176,7 +188,8 @@ def test_distances_and_compare(tmp_path, tiny_model, shipped_model):
 def test_bad_spec_and_mismatched_model_exit_2(tmp_path, tiny_model):
     assert_user_error(fx("bound", tiny_model, "--spec", tmp_path / "none.json"), "spec file not found")
     assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, eps=[-1.0])), "eps[0]")
-    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, classes=[3, 4])), "class 4 is not present")
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, classes=[3, 11])),
+                      "class 11 is not present")
     assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, n_per_class=900)),
                       "n_per_class=900 but class 3 has only 500")
     np.savez(tmp_path / "wide.npz", X=np.zeros((4, 100)), y=np.array([3, 7, 3, 7]))
@@ -220,7 +233,7 @@ def test_exact_with_an_unusable_solver_is_one_error_line(tmp_path, tiny_model):
     spec = _small_spec(tmp_path)
     res = fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 0, 0, "--method", "exact",
              "--solver", "cvxopt")
-    assert_user_error(res, "cannot solve the exact MIQCP")
+    assert_user_error(res, "cannot solve the exact method's MIQCP")
 
 
 def test_solver_options_override_the_profile_from_the_command_line(tmp_path, tiny_model):
@@ -231,3 +244,251 @@ def test_solver_options_override_the_profile_from_the_command_line(tmp_path, tin
     assert_user_error(fx("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", 0, 0, "-o", "kkt_typo=1"),
                       "does not know option(s) kkt_typo")
     assert_user_error(fx("bound", tiny_model, "--spec", spec, "-o", "novalue"), "is not KEY=VALUE")
+
+
+# -- a new user's first day (issue 13): clean one-line failures, progress, signals, budgets ----
+def _error_line(res, *fragments, code=2):
+    """Exactly one `error:` line on stderr (after any plain progress lines), no traceback."""
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    lines = res.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.stderr
+    assert all(line.startswith("progress: ") for line in lines[:-1]), res.stderr
+    for f in fragments:
+        assert f in errors[0], errors[0]
+
+
+def test_jobs_zero_is_one_error_line(tmp_path, tiny_model):
+    for value in ("0", "-3"):
+        assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path), "--jobs", value),
+                          f"--jobs must be at least 1 (got {value})")
+    assert_user_error(fx("distances", tiny_model, "--spec", _small_spec(tmp_path), "-j", "0"),
+                      "--jobs must be at least 1")
+
+
+def test_deeply_nested_or_binary_specs_are_one_error_line(tmp_path, tiny_model):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    assert_user_error(fx("bound", tiny_model, "--spec", deep), "nested too deeply")
+    junk = tmp_path / "junk.json"
+    junk.write_bytes(bytes(range(256)) * 40)
+    assert_user_error(fx("bound", tiny_model, "--spec", junk), "is not a text file")
+
+
+def test_divide_255_on_data_in_0_1_is_one_error_line(tmp_path, tiny_model):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "unit.npz", X=rng.uniform(0, 1, (8, 28, 28)), y=np.array([3, 7] * 4))
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, data={"npz": "unit.npz"},
+                                                                     n_per_class=2, scaling="divide_255")),
+                      "already lie in [0, ", '"scaling": "none"')
+    np.savez(tmp_path / "bad_index.npz", X=np.zeros((4, 784)), y=np.array([3, 7] * 2), index=np.arange(3))
+    assert_user_error(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, data={"npz": "bad_index.npz"},
+                                                                     n_per_class=2)),
+                      "index has shape (3,), expected (4,)")
+
+
+def test_every_mnist_pair_runs_from_the_embedded_data(tmp_path, tiny_model):
+    res = fx("collide", tiny_model, "--spec", _small_spec(tmp_path, classes=[0, 9]), "--cut", "linear1",
+             "--pair", 0, 1, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["classes"] == [0, 9]
+
+
+def test_unwritable_results_are_one_error_line(tmp_path, tiny_model):
+    out = tmp_path / "out"
+    (out / "results.json").mkdir(parents=True)
+    _error_line(fx("bound", tiny_model, "--spec", _small_spec(tmp_path, cuts=["input", "linear1"]), "--out", out),
+                "cannot write", "results.json: Is a directory")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # the store is whole: with the path freed, the same command finishes from it
+    (out / "results.json").rmdir()
+    ok = fx("bound", tiny_model, "--spec", _small_spec(tmp_path, cuts=["input", "linear1"]), "--out", out)
+    assert ok.returncode == 0, ok.stderr
+    from fxverify.report import validate_results
+
+    validate_results(json.loads((out / "results.json").read_text()))
+
+
+def test_a_garbled_store_is_one_error_line(tmp_path, tiny_model):
+    spec = _small_spec(tmp_path, n_per_class=20, cuts=["input", "linear1", "relu1"])
+    out = tmp_path / "out"
+    assert fx("distances", tiny_model, "--spec", spec, "--out", out, "--jobs", "1").returncode == 0
+    db = out / "results.sqlite"
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek(size // 2)
+        f.write(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    _error_line(fx("bound", tiny_model, "--spec", spec, "--out", out, "--jobs", "1"), str(db))
+
+
+def test_a_second_run_on_the_same_out_is_refused_at_once(tmp_path, shipped_model):
+    import sqlite3
+    import time
+
+    spec = _small_spec(tmp_path, n_per_class=30, cuts=["relu1", "relu2"], solver="descent-activeset")
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "fxverify", "distances", str(shipped_model), "--spec", str(spec),
+                              "--out", str(out), "--jobs", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None:
+            try:
+                with sqlite3.connect(out / "results.sqlite") as con:
+                    if con.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.1)
+        assert first.poll() is None
+        t0 = time.time()
+        second = fx("bound", shipped_model, "--spec", spec, "--out", out)
+        assert time.time() - t0 < 60
+        assert_user_error(second, f"{out} is in use by another fxverify run (pid {first.pid})")
+    finally:
+        first.kill()
+        first.wait()
+
+
+def _children_of(pid: int) -> set[int]:
+    import os
+
+    kids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                kids.add(int(d))
+    return kids
+
+
+def _running(pids) -> set[int]:
+    alive = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X"):
+            alive.add(p)
+    return alive
+
+
+def test_sigterm_ends_a_run_cleanly(tmp_path, shipped_model):
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    spec = _small_spec(tmp_path, n_per_class=30, cuts=["relu1", "relu2"], solver="descent-activeset")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fxverify", "bound", str(shipped_model), "--spec", str(spec),
+                             "--out", str(out), "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with sqlite3.connect(out / "results.sqlite") as con:
+                if con.execute("SELECT COUNT(*) FROM pairs").fetchone()[0] >= 4:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before SIGTERM"
+    workers = _children_of(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    _error_line(res, "terminated (SIGTERM)", code=128 + signal.SIGTERM)
+    time.sleep(1)
+    assert not _running(workers), "workers outlived the run"
+    with sqlite3.connect(out / "results.sqlite") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        per_pair = con.execute("SELECT COUNT(*) FROM pairs GROUP BY i, j").fetchall()
+    assert per_pair and all(n == 2 for (n,) in per_pair), "pairs are stored whole"
+    assert not (out / "results.json").exists()
+    assert os.path.exists(out / ".fxverify.lock")
+
+
+def test_a_time_budget_is_hard_and_progress_lines_appear_without_a_terminal(tmp_path, shipped_model):
+    import re
+    import time
+
+    spec = _small_spec(tmp_path, n_per_class=40, cuts=["relu1", "relu2"], solver="descent-activeset",
+                       eps=[0.0, 2.0, 4.0])
+    out = tmp_path / "out"
+    budget = 12
+    t0 = time.time()
+    res = fx("bound", shipped_model, "--spec", spec, "--out", out, "--jobs", "2", "--time-budget", budget)
+    took = time.time() - t0
+    assert res.returncode == 0, res.stderr
+    assert took < budget + 10, f"{took:.1f} s for a {budget} s budget"  # imports and model load come first
+    doc = json.loads((out / "results.json").read_text())
+    from fxverify.report import validate_results
+
+    validate_results(doc)
+    assert doc["complete"] is False
+    relu = [c for c in doc["cuts"] if c["cut"] == "relu1"][0]
+    assert 0 < relu["pairs_done"] < relu["pairs_total"] == 1600
+    assert "incomplete" in res.stdout
+    # progress: plain lines, every 5 s, with stage, pairs done/total, rate and ETA; no escape codes
+    lines = res.stderr.strip().splitlines()
+    assert lines and all(line.startswith("progress: ") for line in lines), res.stderr
+    assert "\x1b" not in res.stderr
+    ticks = [line for line in lines if re.fullmatch(r"progress: descent: [\d,]+/1,600 pairs \(\d+%\)"
+                                                    r"(, [\d.]+ pairs/s, ETA \d+(h\d\dm|m\d\ds|s))?", line)]
+    assert len(ticks) >= 1, res.stderr
+    assert any("pairs/s, ETA" in line for line in ticks), res.stderr
+
+
+def test_terminal_progress_leaves_no_stale_stage_rows(monkeypatch):
+    import io
+    import re
+
+    from fxverify import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    with cli._progress() as report:
+        report("closed form input", 0, 2)
+        report("closed form linear1", 1, 2)
+        report("closed form", 2, 2)
+        report("descent", 0, 9)
+        report("descent", 9, 9)
+    monkeypatch.undo()
+    last_frame = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", err.getvalue().split("\r")[-1])
+    rows = [line.split()[:3] for line in last_frame.strip().splitlines()]
+    assert [r[0] for r in rows] == ["closed", "descent"], last_frame
+    assert "2/2" in last_frame and "9/9" in last_frame and "0/2" not in last_frame and "1/2" not in last_frame
+
+
+def test_plain_progress_prints_nothing_for_a_short_run_and_ticks_for_a_long_one(monkeypatch):
+    import io
+    import time
+
+    from fxverify import cli
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with cli._progress(interval=0.2) as report:
+        report("descent", 0, 10)
+        report("descent", 10, 10)
+    assert err.getvalue() == ""
+    with cli._progress(interval=0.2) as report:
+        report("descent", 0, 10)
+        time.sleep(0.15)
+        report("descent", 3, 10)
+        time.sleep(0.3)
+        report("descent", 10, 10)
+    lines = err.getvalue().splitlines()
+    assert lines[0].startswith("progress: descent: 3/10 pairs (30%), ") and "ETA" in lines[0]
+    assert lines[-1].startswith("progress: descent: 10/10 pairs (100%)")

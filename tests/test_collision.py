@@ -13,15 +13,25 @@ from onnx import helper
 import fxverify
 from fxverify.backends.base import Backend, ConeSolution, Termination
 from fxverify.collision import Collider, collide
-from fxverify.collision.chain import chain_of
-from fxverify.collision.closed_form import all_pairs_eps
-from fxverify.collision.cone_lp import _independent_rows
+from fxverify.collision.affine import all_pairs_eps
+from fxverify.collision.descent import _independent_rows
+from fxverify.collision.plan import CutPlan
+from fxverify.config import resolve_engine
+from fxverify.norms import get_norm
 from fxverify.results import CollisionStatus
 
 from builders import make, min_max_norm_cones, save
 
 
 # ------------------------------------------------------------------ helpers ---------------
+def collider(net, solver=None, method=None, **kw):
+    return Collider(net, resolve_engine(solver, method=method, **kw))
+
+
+def plan(net, cut, norm="l2"):
+    return CutPlan.of(net, cut, get_norm(norm))
+
+
 def fcnn(tmp_path, weights, biases, final_affine=False, name="net.onnx"):
     """An ONNX MatMul/Add/Relu chain with the given (out x in) weights; last layer ReLU unless
     final_affine (then the last weight is a plain affine map)."""
@@ -188,16 +198,16 @@ def test_affine_closed_form_equals_generic_convex_solve(tmp_path, m, d, rank):
 def test_all_pairs_matrix_matches_pairs_and_is_chunked(tmp_path):
     rng = np.random.default_rng(3)
     net = fcnn(tmp_path, [rng.standard_normal((4, 9))], [np.zeros(4)], final_affine=True)
-    ch = chain_of(net, "linear1")
+    ch = plan(net, "linear1")
     Xa, Xb = rng.uniform(0, 1, (7, 9)), rng.uniform(0, 1, (5, 9))
     Xb[2] = Xa[3] + 1e-9  # a near-duplicate: exercises the cancellation guard
     full = all_pairs_eps(ch, Xa, Xb)
     chunked = all_pairs_eps(ch, Xa, Xb, block=2)
     np.testing.assert_allclose(full, chunked, rtol=1e-14, atol=1e-16)
-    col = Collider(net)
+    col = collider(net)
     for i, j in [(0, 0), (3, 2), (6, 4)]:
         assert full[i, j] == pytest.approx(col.collide("linear1", Xa[i], Xb[j]).eps, rel=1e-12, abs=1e-15)
-    inp = all_pairs_eps(chain_of(net, "input"), Xa, Xb)
+    inp = all_pairs_eps(plan(net, "input"), Xa, Xb)
     np.testing.assert_allclose(inp, 0.5 * np.linalg.norm(Xa[:, None] - Xb[None], axis=2), rtol=1e-13, atol=1e-15)
 
 
@@ -232,7 +242,7 @@ def random_tiny_net(tmp_path, d, widths, final):
 def test_descent_never_beats_exact_enumeration(tmp_path, d, widths, final, capsys):
     rng, Ws, bs, net = random_tiny_net(tmp_path, d, widths, final)
     cut = net.cuts[-1]
-    col = Collider(net)
+    col = collider(net)
     gaps = []
     for _ in range(4):
         u, v = rng.uniform(-1, 1, d), rng.uniform(-1, 1, d)
@@ -251,7 +261,7 @@ def test_eps_never_grows_with_depth_on_the_shipped_model(shipped_model):
     from fxverify.data import load_embedded, select_points
 
     pts = select_points(load_embedded("mnist"), (3, 7), 3)
-    col = Collider(net)
+    col = collider(net)
     order = ("input", "linear1", "relu1", "linear2", "relu2")
     for i in range(2):
         res = col.collide_cuts(pts.X_a[i], pts.X_b[i], order)
@@ -280,19 +290,19 @@ def test_wide_layer_with_redundant_equalities(tmp_path):
 
 def test_first_layer_equalities_skip_the_independence_check_only_when_sound(tmp_path, shipped_model):
     rng = np.random.default_rng(2)
-    wide = Collider(fcnn(tmp_path, [rng.standard_normal((9, 3))], [np.full(9, 5.0)]))
-    assert not wide._descent("relu1")._first_layer_rows_independent  # 9 rows in 3 dimensions
+    wide = collider(fcnn(tmp_path, [rng.standard_normal((9, 3))], [np.full(9, 5.0)]))
+    assert not wide._descent("relu1")._first_rows_independent  # 9 rows in 3 dimensions
     net = fxverify.load_model(shipped_model)
     from fxverify.data import load_embedded, select_points
 
     pts = select_points(load_embedded("mnist"), (3, 7), 2)
-    col = Collider(net)
+    col = collider(net)
     d = col._descent("relu1")
-    assert d._first_layer_rows_independent
+    assert d._first_rows_independent
     u, v = pts.X_a[0], pts.X_b[1]
     pat = d.patterns_at((u + v) / 2, (u + v) / 2)
     fast = d.build(u, v, pat).problem
-    d._first_layer_rows_independent = False
+    d._first_rows_independent = False
     checked = d.build(u, v, pat).problem
     np.testing.assert_array_equal(fast.A, checked.A)
     np.testing.assert_array_equal(fast.b, checked.b)
@@ -301,7 +311,7 @@ def test_first_layer_equalities_skip_the_independence_check_only_when_sound(tmp_
 # ------------------------------------------------------------------ failures --------------
 def test_a_fake_collision_fails_verification(tmp_path):
     net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
-    col = Collider(net)
+    col = collider(net)
     u, v = np.array([1.0, 4.0]), np.array([9.0, -5.0])
     verdict = col.verifier.check("relu1", u, v, u, v)
     assert not verdict.ok and "features differ" in verdict.message
@@ -327,38 +337,69 @@ class _Broken(Backend):
 ])
 def test_solver_trouble_gives_a_failed_collision_not_an_exception(tmp_path, solution):
     net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
-    col = Collider(net, method="faithful")
-    col._descent("relu1").backend = _Broken(solution)
+    col = collider(net, method="faithful")
+    d = col._descent("relu1")
+    d.backend, d.fallback = _Broken(solution), None
     res = col.collide("relu1", [1.0, 4.0], [9.0, -5.0])
     assert res.status is CollisionStatus.FAILED and not res.verified and math.isinf(res.eps)
     assert solution.termination.value in res.message
 
 
-def test_descent_keeps_the_shallower_collision_when_the_solver_fails(tmp_path):
+def test_a_failed_solve_is_a_failed_pair_not_a_silent_fallback(tmp_path):
+    """Every LP fails: the pair fails at relu1 (counted, with the solver's message), although
+    the linear1 collision would be a valid edge there (bounds still take it: see the
+    analysis tests); it is never silently reported as found."""
     net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
-    col = Collider(net)
-    col._descent("relu1").backend = _Broken(ConeSolution(Termination.NUMERICAL_ERROR))
+    col = collider(net)
+    d = col._descent("relu1")
+    d.backend, d.fallback = _Broken(ConeSolution(Termination.NUMERICAL_ERROR, message="bogus")), None
     res = col.collide_cuts([1.0, 4.0], [9.0, -5.0], ("linear1", "relu1"))
-    assert res["relu1"].status is CollisionStatus.FOUND
-    assert res["relu1"].eps == pytest.approx(res["linear1"].eps)
-    assert "kept the collision found at linear1" in res["relu1"].message
+    assert res["linear1"].status is CollisionStatus.FOUND
+    assert res["relu1"].status is CollisionStatus.FAILED and math.isinf(res["relu1"].eps)
+    assert "numerical error (bogus)" in res["relu1"].message
 
 
-def test_maxpool_cut_is_not_applicable_without_a_shallower_collision(tmp_path):
+def _conv_pool_net(tmp_path, overlap=False):
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[1, 1] if overlap else [2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "G"], ["y"], transB=1)]
     rng = np.random.default_rng(0)
-    net = fxverify.load_model(save(tmp_path, make(nodes, ["N", 1, 5, 5],
-                                                  inits={"W": rng.standard_normal((2, 1, 2, 2)).astype(np.float32)})))
-    u, v = rng.uniform(0, 1, 25), rng.uniform(0, 1, 25)
-    res = Collider(net, method="faithful").collide("pool1", u, v)
-    assert res.status is CollisionStatus.NOT_APPLICABLE and "max-pool layer pool1" in res.message
-    # descent inherits the relu1 collision, which is a collision at pool1 too
-    chain = Collider(net).collide_cuts(u, v)
-    assert chain["pool1"].status is CollisionStatus.FOUND and chain["pool1"].eps <= chain["relu1"].eps + 1e-12
-    assert "inherited from relu1" in chain["pool1"].message
-    cf = Collider(net, method="closed_form").collide("relu1", u, v)
+    W = rng.standard_normal((2, 1, 2, 2)).astype(np.float32)
+    n_pool = 2 * (3 * 3 if overlap else 2 * 2)
+    G = rng.standard_normal((2, n_pool)).astype(np.float32)
+    return fxverify.load_model(save(tmp_path, make(nodes, ["N", 1, 5, 5], inits={"W": W, "G": G}))), rng
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_maxpool_cuts_are_computed_and_never_worse_than_the_shallower(tmp_path, overlap, norm):
+    net, rng = _conv_pool_net(tmp_path, overlap)
+    col = collider(net, norm=norm)
+    for _ in range(3):
+        u, v = rng.uniform(0, 1, 25), rng.uniform(0, 1, 25)
+        res = col.collide_cuts(u, v)
+        assert all(r.status is CollisionStatus.FOUND and r.verified for r in res.values())
+        order = ("input", "linear1", "relu1", "pool1", "linear2")
+        eps = [res[c].eps for c in order]
+        assert all(b <= a + 1e-9 for a, b in zip(eps, eps[1:])), eps
+        assert res["pool1"].method == "descent" and "inherited" not in res["pool1"].message
+        fu, fv = net.forward(np.stack([res["pool1"].u_adv, res["pool1"].v_adv]), cut="pool1")
+        np.testing.assert_allclose(fu, fv, atol=1e-6)
+    cf = collider(net, method="closed_form").collide("relu1", u, v)
     assert cf.status is CollisionStatus.NOT_APPLICABLE
+
+
+def test_domain_keeps_points_inside(tmp_path):
+    net, rng = _conv_pool_net(tmp_path)
+    free, boxed = collider(net), collider(net, domain=(0.0, 1.0))
+    u, v = rng.uniform(0, 1, 25), rng.uniform(0, 1, 25)
+    for cut in ("linear1", "relu1", "pool1", "linear2"):
+        a, b = free.collide(cut, u, v), boxed.collide(cut, u, v)
+        assert b.status is CollisionStatus.FOUND
+        assert b.u_adv.min() >= 0 and b.u_adv.max() <= 1 and b.v_adv.min() >= 0 and b.v_adv.max() <= 1
+        assert b.eps >= a.eps - 1e-7  # a constraint can only raise the budget
+    with pytest.raises(fxverify.FxverifyError, match="outside the input domain"):
+        boxed.collide("relu1", u + 2.0, v)
 
 
 def test_bad_points_and_cuts(tmp_path):

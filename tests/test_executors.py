@@ -17,7 +17,7 @@ import fxverify
 from fxverify.data import load_embedded, select_points
 from fxverify.executors import ExecutorError, PairJob, ProcessExecutor, SerialExecutor, make_executor
 from fxverify.pipeline import compute_distances
-from fxverify.profiles import load_profile
+from fxverify.config import resolve_engine
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def job():
 
     net = fxverify.load_model(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx")
     pts = select_points(load_embedded("mnist"), (3, 7), 3)
-    return net, PairJob(net.source.path, net.source.sha256, load_profile("descent-activeset"), pts.X_a, pts.X_b,
+    return net, PairJob(net.source.path, net.source.sha256, resolve_engine("descent-activeset"), pts.X_a, pts.X_b,
                         ("relu1", "linear2", "relu2", "linear3"))
 
 
@@ -98,7 +98,7 @@ def test_kill_dash_9_then_rerun_recomputes_nothing_and_ends_identical(tmp_path, 
 def test_compute_distances_with_a_pool_equals_serial(job, tmp_path):
     net, jb = job
     pts = select_points(load_embedded("mnist"), (3, 7), 3)
-    prof = load_profile("descent-activeset")
+    prof = resolve_engine("descent-activeset")
     s = compute_distances(net, pts, net.cuts, prof, tmp_path / "s", executor=SerialExecutor())
     p = compute_distances(net, pts, net.cuts, prof, tmp_path / "p", executor=ProcessExecutor(2))
     for c in net.cuts:
@@ -124,3 +124,117 @@ def test_ray_executor_on_a_local_instance_survives_a_dead_worker(job, tmp_path):
     assert marker.exists()  # a worker did die mid-task; its task ran again elsewhere
     assert rayed == serial
 
+
+
+# -- workers end with their run; the time budget is hard -----------------------------------
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, state) of every process, from /proc."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2:].split()
+        out[int(d)] = (int(rest[1]), rest[0])
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    table = _proc_table()
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, (pp, _) in table.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids) -> set[int]:
+    table = _proc_table()
+    return {p for p in pids if p in table and table[p][1] not in ("Z", "X")}
+
+
+def _spec_file(tmp_path, shipped_model, n=30, **over):
+    spec = json.loads((shipped_model.parent.parent / "specs" / "mnist_3v7.json").read_text())
+    spec.update(n_per_class=n, cuts=["relu1", "relu2"], solver="descent-activeset", **over)
+    spec.pop("time_budget", None)
+    sp = tmp_path / "spec.json"
+    sp.write_text(json.dumps(spec))
+    return sp
+
+
+def _start_and_wait_for_pairs(cmd, db, minimum=2, timeout=120):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    if con.execute("SELECT COUNT(*) FROM pairs").fetchone()[0] >= minimum:
+                        return proc
+            except sqlite3.Error:
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the run stored no pairs in {timeout} s: {proc.communicate()[1][-2000:]}")
+
+
+def test_kill_dash_9_of_the_run_ends_its_worker_processes(tmp_path, shipped_model):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fxverify", "distances", str(shipped_model), "--spec",
+           str(_spec_file(tmp_path, shipped_model)), "--jobs", "2", "--out", str(out)]
+    proc = _start_and_wait_for_pairs(cmd, out / "results.sqlite")
+    children = _descendants(proc.pid)
+    assert len(children) >= 2, "the pool's workers run"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    deadline = time.time() + 10
+    while _alive(children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(children), f"orphaned workers still run: {_alive(children)}"
+
+
+def test_a_hard_time_budget_abandons_pairs_in_flight(tmp_path):
+    """exact-scip takes seconds per pair and cut: a budget that only lets the pool start ends
+    at the budget (a soft budget would wait for the 2 x 2 chunks in flight), stores nothing
+    half-done and leaves no worker running."""
+    pytest.importorskip("pyscipopt")
+    from conftest import MODELS
+
+    net = fxverify.load_model(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx")
+    pts = select_points(load_embedded("mnist"), (3, 7), 3)
+    prof = resolve_engine("exact-scip")
+    budget = 4.0
+    t0 = time.monotonic()
+    d = compute_distances(net, pts, ("relu1", "relu2"), prof, tmp_path, time_budget=budget,
+                          executor=ProcessExecutor(2))
+    took = time.monotonic() - t0
+    assert took < budget + 3.0, f"the run took {took:.1f} s for a {budget} s budget"
+    assert not d.complete
+    with sqlite3.connect(tmp_path / "results.sqlite") as con:
+        per_pair = con.execute("SELECT COUNT(*) FROM pairs GROUP BY i, j").fetchall()
+    assert all(n == 2 for (n,) in per_pair), "a pair is stored with both cuts or not at all"
+    assert d.by_cut["relu1"].n_done == len(per_pair)
+    leftover = [p for p in _alive(_descendants(os.getpid())) if "spawn_main" in _cmdline(p)]
+    assert not leftover, f"workers left running: {leftover}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_serial_executor_stops_between_pairs_at_the_deadline(job):
+    net, jb = job
+    chunks = [tuple((i, j) for j in range(3)) for i in range(3)]
+    assert list(SerialExecutor().run(jb, chunks, net=net, deadline=time.monotonic())) == []
+    rows = [r for out in SerialExecutor().run(jb, chunks, net=net, deadline=time.monotonic() + 3600) for r in out]
+    assert len(rows) == 36

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 import fxverify
 from fxverify import onnx_import
-from fxverify.errors import AgreementError, ModelError, UnsupportedModelError
+from fxverify.errors import AgreementError, ModelError
 from fxverify.reference import OnnxReference
 
 from builders import make, ort_run, rand, save
@@ -269,9 +269,13 @@ def test_paper_cnn_layer_shapes(tmp_path):
     assert shapes["linear1"] == (1, 20, 24, 24) and shapes["pool1"] == (1, 20, 12, 12)
     assert shapes["linear2"] == (1, 50, 8, 8) and shapes["pool2"] == (1, 50, 4, 4)
     assert shapes["linear3"] == (1, 500) and shapes["linear4"] == (1, 2)
-    first = net.layers[0]
-    assert first.kind == "affine" and first.weight.shape == (20 * 24 * 24, 784)
-    assert [l.kind for l in net.layers[:3]] == ["affine", "relu", "maxpool"]
+    first = net.nodes[0]
+    assert first.kind == "linear" and first.weight.shape == (20 * 24 * 24, 784)
+    assert [n.kind for n in net.nodes[:3]] == ["linear", "relu", "maxpool"]
+    # the convolution is a sparse operator (its kernel entries), never a dense Toeplitz matrix
+    import scipy.sparse as sp
+
+    assert sp.issparse(first.weight) and first.weight.nnz == 20 * 24 * 24 * 25
     # BN folded into the conv: one linear layer holding both nodes
     assert [o.split()[0] for o in first.ops] == ["Conv", "BatchNormalization"]
     assert first.n_params == 20 * 25 + 20 + 4 * 20
@@ -296,43 +300,86 @@ def test_forward_accepts_single_batch_flat_and_shaped(tmp_path):
 def test_layers_are_immutable(tmp_path):
     net = fxverify.load_model(save(tmp_path, case_matmul_add()[0]))
     with pytest.raises(ValueError):
-        net.layers[0].weight[0, 0] = 1.0
+        net.nodes[0].weight[0, 0] = 1.0
 
 
 # ---------------------------------------------------------------- bad models ------------
-def test_unsupported_ops_all_listed_in_one_error(tmp_path):
+def test_unsupported_ops_leave_the_cuts_before_them(tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Sigmoid", ["m"], ["s"], name="sig"),
-             helper.make_node("MatMul", ["s", "W2"], ["m2"]), helper.make_node("Tanh", ["m2"], ["y"], name="th")]
+             helper.make_node("MatMul", ["s", "W2"], ["m2"]), helper.make_node("Relu", ["m2"], ["r"]),
+             helper.make_node("Tanh", ["r"], ["y"], name="th")]
     p = save(tmp_path, make(nodes, [N, 4], inits={"W": rand(4, 4), "W2": rand(4, 4)}))
-    with pytest.raises(UnsupportedModelError) as e:
-        fxverify.load_model(p)
-    msg = str(e.value)
-    assert "2 unsupported operations" in msg
-    assert "Sigmoid 'sig' (node 1, output 's')" in msg and "Tanh 'th' (node 3, output 'y')" in msg
-    assert "\n" not in msg
+    net = fxverify.load_model(p)
+    assert net.cuts == ("input", "linear1")  # the MatMul before the Sigmoid is a cut
+    assert [u.cut for u in net.unavailable] == ["linear2", "relu1"]
+    assert all("Sigmoid 'sig' (node 1, output 's')" in u.reason for u in net.unavailable)
+    with pytest.raises(fxverify.FxverifyError, match=r"cut 'relu1' is unavailable: .*Sigmoid 'sig'"):
+        net.cut_index("relu1")
+    with pytest.raises(fxverify.FxverifyError, match=r"unknown cut 'relu7'.*unavailable: linear2, relu1"):
+        net.cut_index("relu7")
 
 
-def test_residual_add_is_named(tmp_path):
+def test_residual_add_is_a_cut(tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
-             helper.make_node("MatMul", ["r", "W2"], ["m2"]), helper.make_node("Add", ["m2", "r"], ["y"], name="res")]
+             helper.make_node("MatMul", ["r", "W2"], ["m2"]), helper.make_node("Add", ["m2", "r"], ["s"], name="res"),
+             helper.make_node("Relu", ["s"], ["y"])]
     p = save(tmp_path, make(nodes, [N, 4], inits={"W": rand(4, 4), "W2": rand(4, 4)}))
-    with pytest.raises(UnsupportedModelError, match=r"Add 'res' \(node 3, output 'y'\) adds two activations"):
-        fxverify.load_model(p)
+    net = fxverify.load_model(p)
+    assert net.cuts == ("input", "linear1", "relu1", "linear2", "add1", "relu2")
+    add = net.node("add1")
+    assert add.inputs == ("linear2", "relu1") and [o.split()[0] for o in add.ops] == ["Add"]
+    # a collision at relu1 determines add1 (every path passes through it), linear2 does not
+    assert net.dominators("add1") == ("input", "linear1", "relu1", "add1")
+    X = np.random.default_rng(0).standard_normal((5, 4))
+    _close(net.forward(X), ort_run(p, X), "residual output")
 
 
-def test_branching_graph_rejected(tmp_path):
-    # one activation feeding two nodes whose results are then only partially used
+def test_concat_and_sub_of_activations(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("MatMul", ["x", "W2"], ["m2"]), helper.make_node("Relu", ["m2"], ["r2"]),
+             helper.make_node("Concat", ["r", "r2", "c"], ["cat"], axis=1),
+             helper.make_node("Sub", ["r", "r2"], ["d"]), helper.make_node("Concat", ["cat", "d"], ["y"], axis=1)]
+    p = save(tmp_path, make(nodes, [1, 4], inits={"W": rand(4, 3), "W2": rand(4, 3), "c": rand(1, 2)}))
+    net = fxverify.load_model(p)
+    assert {"concat1", "add1", "concat2"} <= set(net.cuts)
+    for x in np.random.default_rng(1).standard_normal((3, 1, 4)):
+        _close(net.forward(x)[0], ort_run(p, x)[0], "concat output")
+
+
+def test_leaky_relu_is_a_piece(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("LeakyRelu", ["m"], ["y"], alpha=0.1)]
+    p = save(tmp_path, make(nodes, [N, 4], inits={"W": rand(4, 3)}))
+    net = fxverify.load_model(p)
+    assert net.cuts == ("input", "linear1", "relu1") and net.node("relu1").alpha == pytest.approx(0.1)
+    X = np.random.default_rng(2).standard_normal((5, 4))
+    _close(net.forward(X), ort_run(p, X), "leaky relu")
+
+
+def test_a_shared_tensor_is_one_node(tmp_path):
+    # one activation feeding two nodes: both read the same node
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["a"]),
-             helper.make_node("MatMul", ["r", "W"], ["y"])]
+             helper.make_node("MatMul", ["r", "W"], ["b"]), helper.make_node("Add", ["a", "b"], ["y"])]
     p = save(tmp_path, make(nodes, [N, 4], inits={"W": rand(4, 4)}))
-    with pytest.raises(ModelError, match="feeds both"):
-        fxverify.load_model(p)
+    net = fxverify.load_model(p)
+    assert net.cuts == ("input", "relu1", "linear1", "linear2", "add1")
+    assert net.node("linear1").inputs == net.node("linear2").inputs == ("relu1",)
 
 
-def test_division_by_activation_rejected(tmp_path):
-    nodes = [helper.make_node("Div", ["one", "x"], ["y"])]
+def test_division_by_activation_is_unavailable(tmp_path):
+    nodes = [helper.make_node("Div", ["one", "x"], ["d"]), helper.make_node("Relu", ["d"], ["y"])]
     p = save(tmp_path, make(nodes, [N, 4], inits={"one": np.ones(4, np.float32)}))
-    with pytest.raises(ModelError, match="divides by an activation"):
+    net = fxverify.load_model(p)
+    assert net.cuts == ("input",) and "divides by an activation" in net.unavailable[0].reason
+
+
+def test_too_large_operator_refused_before_allocation(tmp_path, monkeypatch):
+    from fxverify import linops
+
+    W = rand(64, 3, 3, 3)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])]
+    p = save(tmp_path, make(nodes, [1, 3, 224, 224], inits={"W": W}))
+    monkeypatch.setattr(linops, "MAX_OPERATOR_BYTES", 64 << 20)  # 64 MiB instead of the machine's
+    with pytest.raises(ModelError, match=r"convolution would need a sparse matrix with 86,704,128 non-zeros"):
         fxverify.load_model(p)
 
 
@@ -358,11 +405,12 @@ def test_unresolvable_dynamic_shape(tmp_path):
         fxverify.load_model(p)
 
 
-def test_dilated_same_pool_rejected(tmp_path):
+def test_dilated_same_pool_is_unavailable(tmp_path):
     nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2], auto_pad="SAME_UPPER")]
     p = save(tmp_path, make(nodes, [N, 1, 7, 7]))
-    with pytest.raises(ModelError, match="combines dilations"):
-        fxverify.load_model(p)
+    net = fxverify.load_model(p)
+    assert net.cuts == ("input",) and [u.cut for u in net.unavailable] == ["pool1"]
+    assert "combines dilations" in net.unavailable[0].reason
 
 
 def test_nan_weights(tmp_path):
@@ -393,7 +441,7 @@ def test_disagreement_with_onnxruntime_fails_the_load(tmp_path, monkeypatch):
 
     def broken_transpose(node, shape, consts):
         perm = list(onnx_import._attrs(node)["perm"])
-        return onnx_import._Step("layout", tuple(shape[i] for i in perm))
+        return tuple(shape[i] for i in perm), None
 
     monkeypatch.setattr(onnx_import, "_transpose", broken_transpose)
     with pytest.raises(AgreementError, match="disagrees with onnxruntime at cut"):

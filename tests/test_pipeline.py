@@ -8,11 +8,11 @@ import pytest
 import fxverify
 from fxverify.collision import Collider
 from fxverify.data import load_embedded, select_points
-from fxverify.collision.closed_form import all_pairs_eps
+from fxverify.collision.affine import all_pairs_eps
+from fxverify.config import resolve_engine
 from fxverify.errors import FxverifyError
 from fxverify.executors import SerialExecutor
 from fxverify.pipeline import compute_distances, promise_order
-from fxverify.profiles import load_profile
 from fxverify.store import ResultStore, StoreError
 
 
@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
 
     net = fxverify.load_model(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx")
     pts = select_points(load_embedded("mnist"), (3, 7), 4)
-    return net, pts, load_profile(None)
+    return net, pts, resolve_engine()
 
 
 def test_all_pairs_all_cuts_match_single_pairs(setup, tmp_path):
@@ -113,7 +113,7 @@ def test_pairs_run_in_promise_order_and_the_order_changes_no_result(setup, tmp_p
     net, pts, prof = setup
     ex = _Recording()
     promise = compute_distances(net, pts, net.cuts, prof, tmp_path / "p", executor=ex)
-    expected = promise_order(all_pairs_eps(Collider(net, prof).chain("linear1"), pts.X_a, pts.X_b))
+    expected = promise_order(all_pairs_eps(Collider(net, prof).plan("linear1"), pts.X_a, pts.X_b))
     assert ex.sent == expected and ex.sent != sorted(ex.sent)
     ex_file = _Recording()
     by_file = compute_distances(net, pts, net.cuts, prof, tmp_path / "f", executor=ex_file, order="file")
@@ -123,6 +123,6 @@ def test_pairs_run_in_promise_order_and_the_order_changes_no_result(setup, tmp_p
     # a descent cut alone (linear1 not requested): linear1's closed form still orders the pairs
     ex_alone = _Recording()
     compute_distances(net, pts, ("relu1",), prof, tmp_path / "r", executor=ex_alone)
-    assert ex_alone.sent == promise_order(all_pairs_eps(Collider(net, prof).chain("linear1"), pts.X_a, pts.X_b))
+    assert ex_alone.sent == promise_order(all_pairs_eps(Collider(net, prof).plan("linear1"), pts.X_a, pts.X_b))
     with pytest.raises(FxverifyError, match="unknown pair order 'random'"):
         compute_distances(net, pts, net.cuts, prof, tmp_path / "x", order="random")

@@ -8,6 +8,7 @@ import pytest
 
 import fxverify
 from fxverify.collision import Collider
+from fxverify.config import resolve_engine
 from fxverify.data import load_embedded, select_points
 from fxverify.errors import SolverError
 from fxverify.profiles import load_profile
@@ -24,10 +25,26 @@ def test_overrides_are_checked():
     p = load_profile("descent-activeset")
     assert p.with_overrides({"risky_flips": True}).risky_flips is True
     assert p.with_overrides({"start": "shallower"}).start == "shallower"
-    with pytest.raises(SolverError, match="risky_flips must be true or false"):
+    with pytest.raises(SolverError, match="invalid at risky_flips: 'yes' is not of type 'boolean'"):
         p.with_overrides({"risky_flips": "yes"})
-    with pytest.raises(SolverError, match="unknown start 'middle'"):
+    with pytest.raises(SolverError, match="invalid at start: 'middle' is not one of"):
         p.with_overrides({"start": "middle"})
+    # the profile schema's types and ranges, and the backend's own options, before any solve
+    for bad, msg in [({"max_iterations": "abc"}, "max_iterations: 'abc' is not of type 'integer'"),
+                     ({"max_iterations": float("inf")}, "max_iterations: inf is not of type 'integer'"),
+                     ({"max_iterations": 0}, "max_iterations: 0 is less than the minimum of 1"),
+                     ({"time_limit": -1}, "time_limit: -1")]:
+        with pytest.raises(SolverError, match=msg):
+            p.with_overrides(bad)
+    from fxverify.config import resolve_engine
+
+    cv = load_profile("descent-cvxopt")
+    for bad, msg in [({"kkt": "bogus"}, "kkt='bogus' must be one of chol"),
+                     ({"abstol": float("inf")}, "abstol=inf must be finite"),
+                     ({"maxiters": 2.5}, "maxiters=2.5 must be an integer"),
+                     ({"nonsense": 1}, "does not know option")]:
+        with pytest.raises(SolverError, match=msg):
+            resolve_engine(cv.with_overrides(bad))
 
 
 def test_profile_file_fields_are_validated(tmp_path):
@@ -43,8 +60,8 @@ def test_profile_file_fields_are_validated(tmp_path):
 def test_risky_flips_only_add_lp_solves_and_never_raise_eps(shipped_model):
     net = fxverify.load_model(shipped_model)
     pts = select_points(load_embedded("mnist"), (3, 7), 6)
-    plain = Collider(net, load_profile(None))
-    risky = Collider(net, load_profile(None).with_overrides({"risky_flips": True}))
+    plain = Collider(net, resolve_engine(load_profile(None)))
+    risky = Collider(net, resolve_engine(load_profile(None).with_overrides({"risky_flips": True})))
     extra = 0
     for i, j in [(0, 1), (2, 3), (4, 5), (5, 0)]:
         a = plain.collide_cuts(pts.X_a[i], pts.X_b[j], ("relu1",))["relu1"]

@@ -12,7 +12,8 @@ import pytest
 
 from fxverify.profiles import load_profile
 from fxverify import report
-from fxverify.analysis import Analysis, CutBounds, analyze
+from fxverify.analysis import Analysis, CutBounds, analyze, load_inputs
+from fxverify.config import resolve_run
 from fxverify.bounds import lower_bounds
 from fxverify.executors import SerialExecutor
 from fxverify.report import ReportError, results_document, results_schema, validate_results, write_results
@@ -29,8 +30,9 @@ def analysis(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     spec = parse_spec(SPEC, out, "spec.json")
-    return analyze(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx", spec, out_dir=out / "store",
-                   executor=SerialExecutor())
+    run = resolve_run(spec)
+    net, points = load_inputs(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx", run)
+    return analyze(net, run, points, out_dir=out / "store", executor=SerialExecutor())
 
 
 def test_a_real_results_json_validates_against_the_shipped_schema(analysis, tmp_path):

@@ -28,8 +28,9 @@ import time
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
-from .base import Backend, Capability, ConeProblem, ConeSolution, MinMaxNormProblem, SolverOptions, Termination
+from .base import Backend, Capability, Opt, ConeProblem, ConeSolution, MinMaxNormProblem, SolverOptions, Termination
 
 
 class _Infeasible(Exception):
@@ -75,7 +76,9 @@ class _LeastNorm:
 
     def __init__(self, C, h, A, b, r, tol):
         self.C, self.h, self.A, self.b, self.r, self.tol = C, h, A, b, r, tol
-        self.Cn = np.sqrt(np.einsum("ij,ij->i", C, C))
+        self.sparse = sp.issparse(C)
+        self.Cn = (np.sqrt(np.asarray(C.multiply(C).sum(axis=1)).ravel()) if self.sparse
+                   else np.sqrt(np.einsum("ij,ij->i", C, C)))
         self.Cn[self.Cn == 0] = 1.0
         self.n_eq = A.shape[0]
         self._gram = None  # (working set, Ku, Kv) of the last fixed-set root
@@ -86,7 +89,7 @@ class _LeastNorm:
         eq = i < 0
         N = np.empty((i.size, 2 * self.r))
         N[eq] = self.A[-1 - i[eq]]
-        N[~eq] = self.C[i[~eq]]
+        N[~eq] = self.C[i[~eq]].toarray() if self.sparse else self.C[i[~eq]]
         e = np.empty(i.size)
         e[eq] = self.b[-1 - i[eq]]
         e[~eq] = self.h[i[~eq]]
@@ -144,7 +147,7 @@ class _LeastNorm:
             p = int(np.argmax(s)) if s.size else -1
             if p < 0 or s[p] <= self.tol:
                 return y * sc, W, pi
-            ap = self.C[p] * sc  # the row in y-space
+            ap = (self.C[p].toarray().ravel() if self.sparse else self.C[p]) * sc  # the row in y-space
             piP = 0.0
             while True:  # move along constraint p until it is satisfied (full step) or a drop
                 N, L = Nb[:k], Lb[:k, :k]
@@ -203,9 +206,8 @@ class _LeastNorm:
                 pi = np.delete(pi, drop)
                 Nb[drop:k - 1] = Nb[drop + 1:k]
                 isineq[drop:k - 1] = isineq[drop + 1:k]
+                _chol_delete(Lb, k, drop)
                 k -= 1
-                Lb[:k, :k] = scipy.linalg.cholesky(Nb[:k] @ Nb[:k].T, lower=True) if k else 0.0
-                Lb[k:, :] = 0.0
         raise _Numerical()
 
     def fixed_set_root(self, W: list[int], w0: float):
@@ -260,6 +262,29 @@ class _LeastNorm:
         return not s.size or float(s.max()) <= self.tol
 
 
+def _chol_delete(Lb: np.ndarray, k: int, j: int) -> None:
+    """In place: the lower Cholesky factor ``Lb[:k, :k]`` of a Gram matrix becomes that of the
+    Gram matrix without row and column j (in ``Lb[:k-1, :k-1]``; row and column k-1 are
+    zeroed). Removing row j of L leaves one super-diagonal entry per later row; Givens rotations
+    of neighbouring columns remove them: O(k^2) instead of a new factorisation."""
+    Lb[j:k - 1, :k] = Lb[j + 1:k, :k]
+    for i in range(j, k - 1):
+        a, b = Lb[i, i], Lb[i, i + 1]
+        if b == 0.0:
+            continue
+        rad = math.hypot(a, b)
+        c, s = a / rad, b / rad
+        ci, cn = Lb[i:k - 1, i].copy(), Lb[i:k - 1, i + 1]
+        Lb[i:k - 1, i] = c * ci + s * cn
+        Lb[i:k - 1, i + 1] = c * cn - s * ci
+        Lb[i, i + 1] = 0.0
+    for i in range(j, k - 1):  # keep a positive diagonal
+        if Lb[i, i] < 0:
+            Lb[i:k - 1, i] *= -1.0
+    Lb[k - 1, :] = 0.0
+    Lb[:, k - 1] = 0.0
+
+
 #: a fixed-set root must balance the squared norms to this relative accuracy
 BALANCE_TOL = 1e-8
 
@@ -304,7 +329,8 @@ class ActiveSetBackend(Backend):
     capabilities = frozenset({Capability.CONE_LP})
     required_modules = ("numpy", "scipy")
     install_hint = "built in"
-    native_options = frozenset({"tol", "weight_tol", "max_weight_steps"})
+    native_options = {"tol": Opt(float, positive=True, high=1e-2), "weight_tol": Opt(float, positive=True, high=0.1),
+                      "max_weight_steps": Opt(int, low=1, high=10_000)}
     defaults = {"tol": 1e-10, "weight_tol": 1e-12, "max_weight_steps": 60}
 
     def version(self) -> str:
@@ -356,7 +382,7 @@ class ActiveSetBackend(Backend):
 
     def solve_cone(self, problem: ConeProblem, options: SolverOptions) -> ConeSolution:
         t0 = time.perf_counter()
-        st = _structure(problem)
+        st = None if sp.issparse(problem.G) else _structure(problem)
         if st is None:
             return ConeSolution(Termination.ERROR, solver=self.name, seconds=time.perf_counter() - t0,
                                 message="activeset solves only min-max-norm cone LPs")
@@ -364,10 +390,28 @@ class ActiveSetBackend(Backend):
         return self._solve(C, h, A, b, r, problem.hints or {}, options, problem.G.shape[0], t0)
 
     def solve_min_max_norm(self, problem: MinMaxNormProblem, options: SolverOptions) -> ConeSolution:
+        t0 = time.perf_counter()
+        if problem.norm != "l2":
+            return ConeSolution(Termination.ERROR, solver=self.name, seconds=time.perf_counter() - t0,
+                                message=f"activeset solves l2 problems only, not {problem.norm}")
         A = problem.A if problem.n_eq else np.zeros((0, 2 * problem.r))
         b = problem.b if problem.n_eq else np.zeros(0)
-        return self._solve(problem.C, problem.h, A, b, problem.r, problem.hints or {}, options, problem.n_linear,
-                           time.perf_counter())
+        C, h = problem.C, problem.h
+        if problem.lb is not None or problem.ub is not None:  # box bounds as more inequality rows
+            n2 = 2 * problem.r
+            extra_C, extra_h = [], []
+            if problem.ub is not None:
+                extra_C.append(sp.identity(n2, format="csr"))
+                extra_h.append(np.asarray(problem.ub, dtype=np.float64))
+            if problem.lb is not None:
+                extra_C.append(-sp.identity(n2, format="csr"))
+                extra_h.append(-np.asarray(problem.lb, dtype=np.float64))
+            if sp.issparse(C):
+                C = sp.vstack([C] + extra_C, format="csr")
+            else:
+                C = np.vstack([C] + [e.toarray() for e in extra_C])
+            h = np.concatenate([h] + extra_h)
+        return self._solve(C, h, A, b, problem.r, problem.hints or {}, options, problem.n_linear, t0)
 
     def _solve(self, C, h, A, b, r, hints, options, n_z, t0) -> ConeSolution:
         """The min-max-norm problem; ``n_z``: the length of the returned dual vector z. A warm
@@ -434,12 +478,12 @@ class ActiveSetBackend(Backend):
         y = np.zeros(A.shape[0])
         if t > 0:
             for k, i in enumerate(work):
-                if i >= 0:
+                if 0 <= i < n_z:
                     z[i] = pi[k] / t
-                else:
+                elif i < 0:
                     y[-1 - i] = pi[k] / t
         sol_x = np.concatenate([[t], x])
         return ConeSolution(Termination.OPTIMAL, x=sol_x, z=z, y=y, objective=t, iterations=calls,
                             seconds=time.perf_counter() - t0, solver=self.name,
                             message=f"weight {w:.6g}, {sum(1 for i in work if i >= 0)} tight sign constraints",
-                            hints={"active": [i for i in work if i >= 0], "weight": w})
+                            hints={"active": [i for i in work if 0 <= i < n_z], "weight": w})

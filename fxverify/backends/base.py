@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import SolverError
 
@@ -46,6 +48,7 @@ class Availability(enum.IntEnum):
 
 class Capability(str, enum.Enum):
     CONE_LP = "cone LP with duals"  # linear objective, linear + second-order-cone constraints, duals
+    LP = "LP with duals"  # linear objective and constraints, duals
     CONE_LP_PRIMAL = "cone LP (primal only)"  # the same problems, no duals (checks, not descent)
     MIQCP = "MIQCP"  # mixed-integer with quadratic / second-order-cone constraints
     MILP = "MILP"
@@ -81,20 +84,24 @@ class ConeProblem:
 
 @dataclass(frozen=True)
 class MinMaxNormProblem:
-    """minimize max(||x_u||, ||x_v||)  s.t.  C x <= h,  A x = b,  x = (x_u, x_v), both of size r.
+    """minimize max(||x_u||, ||x_v||)  s.t.  C x <= h,  A x = b,  lb <= x <= ub,
+    x = (x_u, x_v), both of size r, in the norm ``norm`` ("l2", "linf" or "l1").
 
-    The descent's cone LP in its own terms (no epigraph variable, no cone rows): a backend may
-    solve it directly (``Backend.solve_min_max_norm``); any cone-LP backend solves
-    :meth:`to_cone`, the same problem with variables (t, x_u, x_v). Either way the solution's
-    ``x`` is (t, x_u, x_v), ``z[:len(h)]`` are the duals of ``C x <= h`` and ``y`` those of
-    ``A x = b``, as cone-LP duals.
+    The descent's LP in its own terms (no epigraph variable, no cone rows): a backend may solve
+    it directly (``Backend.solve_min_max_norm``); any cone-LP backend solves :meth:`to_cone`,
+    the same problem with variables (t, x_u, x_v[, s]). Either way the solution's ``x`` is
+    (t, x_u, x_v), ``z[:len(h)]`` are the duals of ``C x <= h`` (>= 0) and ``y`` those of
+    ``A x = b``, as cone-LP duals. ``C`` may be dense or a scipy sparse matrix; ``A`` is dense.
     """
 
-    C: np.ndarray
+    C: object
     h: np.ndarray
     A: np.ndarray | None = None
     b: np.ndarray | None = None
     hints: dict | None = None
+    norm: str = "l2"
+    lb: np.ndarray | None = None
+    ub: np.ndarray | None = None
 
     @property
     def r(self) -> int:
@@ -108,23 +115,63 @@ class MinMaxNormProblem:
     def n_eq(self) -> int:
         return 0 if self.A is None else self.A.shape[0]
 
+    @property
+    def sparse(self) -> bool:
+        return sp.issparse(self.C)
+
     def to_cone(self) -> ConeProblem:
+        """The problem in cvxopt's cone layout (sparse G when C is sparse)."""
         r, m = self.r, self.C.shape[0]
-        n = 1 + 2 * r
-        G = np.zeros((m + 2 * (1 + r), n))
-        G[:m, 1:] = self.C
-        G[m, 0] = G[m + 1 + r, 0] = -1.0
-        idx = np.arange(r)
-        G[m + 1 + idx, 1 + idx] = -1.0
-        G[m + 2 + r + idx, 1 + r + idx] = -1.0
+        n2 = 2 * r
+        l1 = self.norm == "l1"
+        n = 1 + n2 + (n2 if l1 else 0)
+        C = sp.csr_matrix(self.C)
+        blocks = [sp.hstack([sp.csr_matrix((m, 1)), C, sp.csr_matrix((m, n - 1 - n2))], format="csr")]
+        rhs = [np.asarray(self.h, dtype=np.float64)]
+        I = sp.identity(n2, format="csr")
+        zc = sp.csr_matrix((n2, 1))
+        pad = sp.csr_matrix((n2, n - 1 - n2))
+        if self.ub is not None:
+            blocks.append(sp.hstack([zc, I, pad], format="csr"))
+            rhs.append(np.asarray(self.ub, dtype=np.float64))
+        if self.lb is not None:
+            blocks.append(sp.hstack([zc, -I, pad], format="csr"))
+            rhs.append(-np.asarray(self.lb, dtype=np.float64))
+        ones = sp.csr_matrix(np.ones((n2, 1)))
+        soc_sizes: tuple[int, ...] = ()
+        if self.norm == "linf":  # -t <= x_i <= t
+            blocks += [sp.hstack([-ones, I], format="csr"), sp.hstack([-ones, -I], format="csr")]
+            rhs += [np.zeros(n2), np.zeros(n2)]
+        elif l1:  # -s <= x <= s, sum(s_u) <= t, sum(s_v) <= t
+            blocks += [sp.hstack([zc, I, -I], format="csr"), sp.hstack([zc, -I, -I], format="csr")]
+            rhs += [np.zeros(n2), np.zeros(n2)]
+            su = np.zeros((2, n))
+            su[:, 0] = -1.0
+            su[0, 1 + n2:1 + n2 + r] = 1.0
+            su[1, 1 + n2 + r:] = 1.0
+            blocks.append(sp.csr_matrix(su))
+            rhs.append(np.zeros(2))
+        n_linear = sum(b.shape[0] for b in blocks)
+        if self.norm == "l2":
+            soc = np.zeros((2 * (1 + r), n))
+            soc[0, 0] = soc[1 + r, 0] = -1.0
+            idx = np.arange(r)
+            soc[1 + idx, 1 + idx] = -1.0
+            soc[2 + r + idx, 1 + r + idx] = -1.0
+            blocks.append(sp.csr_matrix(soc))
+            rhs.append(np.zeros(2 * (1 + r)))
+            soc_sizes = (1 + r, 1 + r)
+        G = sp.vstack(blocks, format="csr")
+        if not self.sparse and G.shape[0] * G.shape[1] <= 4_000_000:
+            G = G.toarray()
         c = np.zeros(n)
         c[0] = 1.0
         A = b = None
         if self.n_eq:
-            A = np.hstack([np.zeros((self.n_eq, 1)), self.A])
+            A = np.hstack([np.zeros((self.n_eq, 1)), self.A, np.zeros((self.n_eq, n - 1 - n2))])
             b = self.b
-        return ConeProblem(c=c, G=G, h=np.concatenate([self.h, np.zeros(2 * (1 + r))]), n_linear=m,
-                           soc_sizes=(1 + r, 1 + r), A=A, b=b, hints=self.hints)
+        return ConeProblem(c=c, G=G, h=np.concatenate(rhs), n_linear=n_linear, soc_sizes=soc_sizes, A=A, b=b,
+                           hints=self.hints)
 
 
 @dataclass(frozen=True)
@@ -155,6 +202,38 @@ class SolverOptions:
     native: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Opt:
+    """The type and range of one backend-specific option (checked before any solve)."""
+
+    type: type
+    low: float | None = None  # inclusive
+    high: float | None = None  # inclusive
+    positive: bool = False  # > 0
+    choices: tuple | None = None
+
+    def check(self, backend: str, name: str, value: Any) -> None:
+        t = self.type
+        ok = isinstance(value, t) and not (t is not bool and isinstance(value, bool))
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        what = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}[t]
+        if not ok:
+            raise SolverError(f"backend {backend!r}: option {name}={value!r} must be {what}")
+        if t in (int, float):
+            if not math.isfinite(value):
+                raise SolverError(f"backend {backend!r}: option {name}={value!r} must be finite")
+            if self.positive and not value > 0:
+                raise SolverError(f"backend {backend!r}: option {name}={value!r} must be > 0")
+            if self.low is not None and value < self.low:
+                raise SolverError(f"backend {backend!r}: option {name}={value!r} must be >= {self.low:g}")
+            if self.high is not None and value > self.high:
+                raise SolverError(f"backend {backend!r}: option {name}={value!r} must be <= {self.high:g}")
+        if self.choices is not None and value not in self.choices:
+            raise SolverError(f"backend {backend!r}: option {name}={value!r} must be one of "
+                              f"{', '.join(map(str, self.choices))}")
+
+
 class Backend:
     """Base class of solver backends. Subclasses set the class attributes and override solve_*."""
 
@@ -162,8 +241,9 @@ class Backend:
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     required_modules: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str] = ""
-    #: options this backend accepts in ``SolverOptions.native`` (misspellings are errors)
-    native_options: ClassVar[frozenset[str]] = frozenset()
+    #: options this backend accepts in ``SolverOptions.native``, with their types and ranges
+    #: (misspellings and out-of-range values are errors before any solve)
+    native_options: ClassVar[dict[str, Opt]] = {}
 
     @classmethod
     def is_installed(cls) -> bool:
@@ -183,11 +263,13 @@ class Backend:
         return ""
 
     def check_options(self, options: SolverOptions) -> None:
-        unknown = sorted(set(options.native) - self.native_options)
+        unknown = sorted(set(options.native) - set(self.native_options))
         if unknown:
             allowed = ", ".join(sorted(self.native_options)) or "none"
             raise SolverError(f"backend {self.name!r} does not know option(s) {', '.join(unknown)} "
                               f"(it accepts: {allowed})")
+        for k, v in options.native.items():
+            self.native_options[k].check(self.name, k, v)
 
     def require(self, capability: Capability) -> None:
         if capability not in self.capabilities:
@@ -200,8 +282,19 @@ class Backend:
         raise SolverError(f"backend {self.name!r} cannot solve cone LPs")
 
     def solve_min_max_norm(self, problem: MinMaxNormProblem, options: SolverOptions) -> ConeSolution:
-        """The descent's LP; backends without a native method solve it as a cone LP."""
-        return self.solve_cone(problem.to_cone(), options)
+        """The descent's LP; backends without a native method solve it as a cone LP (the
+        solution's x is cut to (t, x_u, x_v))."""
+        sol = self.solve_cone(problem.to_cone(), options)
+        if sol.x is not None and sol.x.shape[0] > 1 + 2 * problem.r:
+            from dataclasses import replace as _replace
+
+            sol = _replace(sol, x=sol.x[:1 + 2 * problem.r])
+        return sol
+
+    def solves(self, norm: str) -> bool:
+        """Whether this backend solves the descent's problems under ``norm``."""
+        need = Capability.CONE_LP if norm == "l2" else Capability.LP
+        return need in self.capabilities
 
     def solve_model(self, model, options: SolverOptions) -> MipResult:
         """Solve a solver-neutral Pyomo model (MIQCP backends)."""

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .base import Backend, Capability, ConeProblem, ConeSolution, SolverOptions, Termination
+from .base import Backend, Capability, Opt, ConeProblem, ConeSolution, SolverOptions, Termination
 
 _STATUS = {
     "Solved": Termination.OPTIMAL,
@@ -26,11 +26,12 @@ _STATUS = {
 
 class ClarabelBackend(Backend):
     name = "clarabel"
-    capabilities = frozenset({Capability.CONE_LP})
+    capabilities = frozenset({Capability.CONE_LP, Capability.LP})
     required_modules = ("clarabel", "scipy")
     install_hint = "pip install 'fxverify[clarabel]'"
-    native_options = frozenset({"tol_gap_abs", "tol_gap_rel", "tol_feas", "max_iter", "direct_solve_method",
-                                "equilibrate_enable"})
+    native_options = {"tol_gap_abs": Opt(float, positive=True), "tol_gap_rel": Opt(float, positive=True),
+                      "tol_feas": Opt(float, positive=True), "max_iter": Opt(int, low=1, high=100_000),
+                      "direct_solve_method": Opt(str, choices=("qdldl", "faer")), "equilibrate_enable": Opt(bool)}
     defaults = {"tol_gap_abs": 1e-8, "tol_gap_rel": 1e-8, "tol_feas": 1e-8, "max_iter": 200}
 
     def version(self) -> str:
@@ -52,7 +53,7 @@ class ClarabelBackend(Backend):
         if options.time_limit is not None:
             settings.time_limit = float(options.time_limit)
         n_eq = problem.n_eq
-        A = problem.G if n_eq == 0 else np.vstack([problem.A, problem.G])
+        A = problem.G if n_eq == 0 else sp.vstack([sp.csr_matrix(problem.A), sp.csr_matrix(problem.G)])
         b = problem.h if n_eq == 0 else np.concatenate([problem.b, problem.h])
         cones = ([clarabel.ZeroConeT(n_eq)] if n_eq else []) + \
             ([clarabel.NonnegativeConeT(problem.n_linear)] if problem.n_linear else []) + \

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from .base import Backend, Capability, ConeProblem, ConeSolution, SolverOptions, Termination
+from .base import Backend, Capability, Opt, ConeProblem, ConeSolution, SolverOptions, Termination
 
 _STATUS = {
     "optimal": Termination.OPTIMAL,
@@ -18,10 +18,13 @@ _STATUS = {
 
 class CvxoptBackend(Backend):
     name = "cvxopt"
-    capabilities = frozenset({Capability.CONE_LP})
+    capabilities = frozenset({Capability.CONE_LP, Capability.LP})
     required_modules = ("cvxopt",)
     install_hint = "pip install cvxopt"
-    native_options = frozenset({"kkt", "abstol", "reltol", "feastol", "maxiters", "refinement", "kktreg"})
+    native_options = {"kkt": Opt(str, choices=("chol", "chol2", "ldl", "ldl2", "qr")),
+                      "abstol": Opt(float, positive=True), "reltol": Opt(float, positive=True),
+                      "feastol": Opt(float, positive=True), "maxiters": Opt(int, low=1, high=100_000),
+                      "refinement": Opt(int, low=0, high=100), "kktreg": Opt(float, low=0.0)}
     #: tighter than cvxopt's defaults (1e-7, 1e-6, 1e-7): collisions must hold to ~1e-8
     defaults = {"abstol": 1e-8, "reltol": 1e-8, "feastol": 1e-8, "maxiters": 200}
 
@@ -31,7 +34,8 @@ class CvxoptBackend(Backend):
         return cvxopt.__version__
 
     def solve_cone(self, problem: ConeProblem, options: SolverOptions) -> ConeSolution:
-        from cvxopt import matrix, solvers
+        import scipy.sparse as sp
+        from cvxopt import matrix, solvers, spmatrix
 
         self.check_options(options)
         native = dict(self.defaults)
@@ -44,7 +48,12 @@ class CvxoptBackend(Backend):
             args["A"], args["b"] = matrix(np.asfortranarray(problem.A)), matrix(problem.b)
         try:
             # options= is per call: cvxopt's global solvers.options is never touched
-            res = solvers.conelp(matrix(problem.c), matrix(np.asfortranarray(problem.G)), matrix(problem.h),
+            if sp.issparse(problem.G):
+                Gc = problem.G.tocoo()
+                G = spmatrix(Gc.data.tolist(), Gc.row.tolist(), Gc.col.tolist(), Gc.shape)
+            else:
+                G = matrix(np.asfortranarray(problem.G))
+            res = solvers.conelp(matrix(problem.c), G, matrix(problem.h),
                                  kktsolver=kkt, options=native, **args)
         except (ArithmeticError, ValueError) as err:  # singular KKT system, rank conditions
             return ConeSolution(Termination.ERROR, seconds=time.perf_counter() - t0, solver=self.name,

@@ -65,7 +65,7 @@ class PyomoBackend(Backend):
     capabilities = frozenset({Capability.MIQCP, Capability.MILP, Capability.CONE_LP_PRIMAL})
     pyomo_name: ClassVar[str] = ""
     #: portable options map to Pyomo's config; anything else passes to the solver unchanged
-    native_options = frozenset()
+    native_options: dict = {}
 
     def check_options(self, options: SolverOptions) -> None:
         """Solver-specific options pass through to the solver (which validates them)."""
@@ -104,7 +104,9 @@ class PyomoBackend(Backend):
         return f"{self.name}: {type(err).__name__}: {err}"
 
     def solve_model(self, model, options: SolverOptions) -> MipResult:
-        self.require(Capability.MIQCP)
+        a = self.availability()
+        if not a:
+            raise SolverError(f"backend {self.name!r} is not usable: {self.availability_detail()}")
         solver = self._solver()
         t0 = time.perf_counter()
         try:

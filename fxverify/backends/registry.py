@@ -27,6 +27,7 @@ BUILTIN: dict[str, str] = {
     "scip": "fxverify.backends.pyomo_backends:ScipBackend",
     "gurobi": "fxverify.backends.pyomo_backends:GurobiBackend",
     "mosek": "fxverify.backends.pyomo_backends:MosekBackend",
+    "highs": "fxverify.backends.highs_backend:HighsBackend",
 }
 
 

@@ -1,0 +1,391 @@
+"""Collision descent over activation patterns, for any piecewise-linear cut and any norm.
+
+For fixed patterns the features are affine in the perturbations, and the smallest budget is a
+convex program (variables a_u, a_v with x = p + V a; see :mod:`fxverify.collision.plan`):
+
+    minimise max(||a_u||, ||a_v||)  s.t.  every hidden piece keeps each point in its pattern's
+                                          piece (linear inequalities, :meth:`Piece.region`),
+                                          equal features at the cut (linear equalities),
+                                          the input domain box when one is set.
+
+For l2 that is a cone LP, for l-inf and l1 an LP. A cut that is a ReLU has one pattern shared
+by both points (active units: z_u = z_v >= 0; inactive: z_u <= 0 and z_v <= 0); any other cut
+(an affine map after pieces, a max-pool) asks for equal features with separate patterns.
+
+The duals of the pattern inequalities say which pieces block the objective. A move along a
+tight inequality (the point sits on the boundary the two pieces share) keeps the current point
+feasible, so it can only lower the budget. ``descent`` takes those ("safe") moves and stops when
+none is left (profile ``risky_flips``: then try once the shared-pattern flips that leave the
+point infeasible; off by default); ``faithful`` follows the paper: midpoint start, take every
+move with a positive dual, stop when the objective stops decreasing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from .. import linops
+from ..backends.base import Backend, MinMaxNormProblem, SolverOptions
+from ..pieces.base import rows as make_rows
+from .plan import CutPlan, JacobianCache
+
+HIDDEN = 0
+
+#: a pattern inequality whose dual exceeds this (rows are normalised) is worth moving across
+DUAL_TOL = 1e-6
+#: an inequality counts as tight when its slack is below this times max(1, t)
+TIGHT_TOL = 1e-6
+#: rows of the equality system whose pivot is below this (relative) are dependent
+RANK_TOL = 1e-10
+#: unit equality rows whose Gram Cholesky pivots all exceed this are independent without a QR
+#: (the QR decides the rest)
+GRAM_TOL = 1e-6
+
+
+@dataclass
+class Patterns:
+    """Per-point patterns of the hidden pieces (by name) and the shared pattern of the cut."""
+
+    u: dict[str, np.ndarray]
+    v: dict[str, np.ndarray]
+    shared: np.ndarray | None
+
+    def copy(self) -> Patterns:
+        return Patterns({k: p.copy() for k, p in self.u.items()}, {k: p.copy() for k, p in self.v.items()},
+                        None if self.shared is None else self.shared.copy())
+
+    def key(self) -> bytes:
+        parts = [p for side in (self.u, self.v) for p in side.values()] + \
+            ([self.shared] if self.shared is not None else [])
+        return b"|".join((np.packbits(p) if p.dtype == bool else p).tobytes() for p in parts)
+
+
+@dataclass
+class _LP:
+    problem: MinMaxNormProblem
+    row_type: np.ndarray
+    row_piece: np.ndarray
+    row_point: np.ndarray
+    row_unit: np.ndarray
+    row_aux: np.ndarray
+    n_aux: np.ndarray  # per piece index
+
+    @property
+    def row_keys(self) -> np.ndarray:
+        """An identity per inequality row that survives pattern changes (for warm starts)."""
+        return (((self.row_piece * 4 + self.row_type) * 2 + self.row_point) << 42) \
+            + self.row_unit * self.n_aux[self.row_piece] + self.row_aux
+
+    def warm(self, keys: np.ndarray | None, weight: float | None) -> MinMaxNormProblem:
+        """The problem with the previous solve's tight rows (by identity) as solver hints."""
+        if keys is None or keys.size == 0:
+            return self.problem if weight is None else replace(self.problem, hints={"weight": weight})
+        active = np.flatnonzero(np.isin(self.row_keys, keys))
+        hints = {"active": [int(i) for i in active]}
+        if weight is not None:
+            hints["weight"] = weight
+        return replace(self.problem, hints=hints)
+
+
+@dataclass
+class DescentOutcome:
+    u_adv: np.ndarray | None
+    v_adv: np.ndarray | None
+    objective: float = math.inf
+    iterations: int = 0
+    lp_solves: int = 0
+    seconds: float = 0.0
+    message: str = ""
+    failed: str = ""  # a cone LP failed (not "patterns infeasible"): the pair's result is a failure
+    history: list[float] = field(default_factory=list)
+    problem: MinMaxNormProblem | None = None  # the LP of the best pattern (for --check-solver)
+
+    @property
+    def found(self) -> bool:
+        return self.u_adv is not None
+
+
+class PatternDescent:
+    """Descent for one cut; holds what every pair shares (the plan, the solver)."""
+
+    def __init__(self, plan: CutPlan, backend: Backend, options: SolverOptions, *, faithful: bool = False,
+                 max_iter: int = 50, fallback: tuple[Backend, SolverOptions] | None = None,
+                 risky_flips: bool = False) -> None:
+        if plan.kind != "pieces":
+            raise ValueError(f"a pattern descent needs pieces at {plan.cut}, the cut is {plan.kind}")
+        self.plan = plan
+        self.backend = backend
+        self.options = options
+        self.faithful = faithful
+        self.max_iter = max_iter
+        self.fallback = fallback
+        self.fallback_solves = 0
+        self.risky_flips = risky_flips
+        self.r = plan.n_vars
+        self._jac = JacobianCache()
+        self._n_aux = np.array([p.n_aux for p in plan.hidden] + [1], dtype=np.int64)
+        # at a ReLU cut reading the first linear map directly, the equalities are rows of
+        # W V (both points' copies): when its unit rows are well conditioned every subset is
+        # independent (eigenvalues of a principal submatrix of their Gram matrix lie above its
+        # smallest), so the per-LP check can be skipped
+        self._first_rows_independent = False
+        cut = plan.cut_node
+        if plan.shared and not plan.hidden and plan.first is not None and cut.inputs[0] == plan.first.name:
+            M = plan.first_jacobian
+            if not sp.issparse(M) and M.shape[0] <= M.shape[1]:
+                Mn = M / np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-300)
+                lam_min = float(np.linalg.eigvalsh(Mn @ Mn.T)[0]) if Mn.size else 0.0
+                self._first_rows_independent = lam_min > GRAM_TOL ** 2
+
+    # ------------------------------------------------------------------ patterns --------
+    def patterns_at(self, xu: np.ndarray, xv: np.ndarray) -> Patterns:
+        pu, pv, shared = self.plan.patterns_at(xu, xv)
+        return Patterns(pu, pv, shared)
+
+    # ------------------------------------------------------------------ the LP ----------
+    def build(self, u: np.ndarray, v: np.ndarray, pat: Patterns) -> _LP | None:
+        plan, r = self.plan, self.r
+        fu = plan.forms(u, pat.u, stop_before_cut=plan.shared, jac=self._jac)
+        fv = plan.forms(v, pat.v, stop_before_cut=plan.shared, jac=self._jac)
+        from ..ir import INPUT_CUT
+
+        def form(f, p, name):
+            return (p, plan._identity()) if name == INPUT_CUT else f[name]
+
+        # inequality rows  C_row . (a_u, a_v) <= h, per block: (point whose columns they fill,
+        # type, piece index, Rows)
+        blocks = []
+        for k, piece in enumerate(plan.hidden):
+            for point, (f, p, pp) in enumerate(((fu, u, pat.u), (fv, v, pat.v))):
+                c, J = form(f, p, piece.inputs[0])
+                blocks.append((point, HIDDEN, k, piece.region(pp[piece.name], c, J)))
+        cut = plan.cut_node
+        if plan.shared:
+            cu, Ju = form(fu, u, cut.inputs[0])
+            cv, Jv = form(fv, v, cut.inputs[0])
+            sb, (Eu, Ev, e) = cut.shared_region(pat.shared, cu, Ju, cv, Jv)
+            blocks += [(point, typ, len(plan.hidden), rw) for point, typ, rw in sb]
+        else:
+            cu, Eu = fu[cut.name]
+            cv, Ev = fv[cut.name]
+            e = cv - cu
+        eq_A = linops.to_dense(linops.hstack([Eu, -Ev])) if e.shape[0] else None
+        eq_b = e
+
+        # rows that do not depend on the perturbation are constants (checked, then left out);
+        # the rest are normalised
+        norms = [linops.row_norms(blk[3].R) for blk in blocks]
+        scale = max(1.0, max((float(n.max(initial=0.0)) for n in norms), default=0.0))
+        hmax = max(1.0, max((float(np.abs(blk[3].h).max(initial=0.0)) for blk in blocks), default=0.0))
+        keeps = []
+        for blk, n in zip(blocks, norms):
+            const = n <= 1e-12 * scale
+            if np.any(blk[3].h[const] < -1e-9 * hmax):
+                return None  # a unit's piece is fixed and contradicts the pattern
+            keeps.append(None if not const.any() else ~const)
+        m = sum(int(blk[3].n if keep is None else keep.sum()) for blk, keep in zip(blocks, keeps))
+        sparse = any(sp.issparse(blk[3].R) for blk in blocks)
+        h = np.empty(m)
+        meta = np.empty((5, m), dtype=np.int64)
+        parts = []
+        C = None if sparse else np.zeros((m, 2 * r))
+        i = 0
+        for (point, typ, k, rw), n, keep in zip(blocks, norms, keeps):
+            R, rhs, units, aux = rw.R, rw.h, rw.unit, rw.aux
+            if keep is not None:
+                R, rhs, n, units, aux = R[keep], rhs[keep], n[keep], units[keep], aux[keep]
+            cnt = rhs.shape[0]
+            if sparse:
+                Rn = sp.diags(1.0 / n) @ sp.csr_matrix(R) if cnt else sp.csr_matrix((0, r))
+                z = sp.csr_matrix((cnt, r))
+                parts.append(sp.hstack([Rn, z] if point == 0 else [z, Rn], format="csr"))
+            else:
+                np.divide(R, n[:, None], out=C[i:i + cnt, point * r:(point + 1) * r])
+            h[i:i + cnt] = rhs / n
+            meta[0, i:i + cnt], meta[1, i:i + cnt], meta[2, i:i + cnt] = typ, k, point
+            meta[3, i:i + cnt], meta[4, i:i + cnt] = units, aux
+            i += cnt
+        if sparse:
+            C = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, 2 * r))
+        A = b = None
+        if eq_A is not None and eq_A.shape[0]:
+            reduced = _independent_rows(eq_A, eq_b, independent=self._first_rows_independent)
+            if reduced is None:
+                return None  # inconsistent equalities: no collision with these patterns
+            if reduced[0].shape[0]:
+                A, b = reduced
+        lb = ub = None
+        if plan.domain is not None:
+            (lu, hu), (lv, hv) = plan.box(u), plan.box(v)
+            lb, ub = np.concatenate([lu, lv]), np.concatenate([hu, hv])
+        problem = MinMaxNormProblem(C=C, h=h, A=A, b=b, norm=plan.norm.name, lb=lb, ub=ub)
+        return _LP(problem, meta[0], meta[1], meta[2], meta[3], meta[4], self._n_aux)
+
+    # ------------------------------------------------------------------ moves -----------
+    def _moves(self, lp: _LP, x: np.ndarray, z: np.ndarray, t: float, pat: Patterns):
+        """(hidden moves as new per-point patterns or None, shared safe flips, shared risky flips)."""
+        nl = lp.problem.n_linear
+        dual = z[:nl]
+        C = lp.problem.C
+        slack = lp.problem.h - (C @ x[1:])
+        tight = slack <= TIGHT_TOL * max(1.0, t)
+        want = dual > DUAL_TOL
+        take = want & (tight | self.faithful)
+        new_u, new_v = {}, {}
+        hidden = lp.row_type == HIDDEN
+        for k, piece in enumerate(self.plan.hidden):
+            sel_k = hidden & (lp.row_piece == k)
+            for point, (pp, out) in enumerate(((pat.u, new_u), (pat.v, new_v))):
+                sel = np.flatnonzero(sel_k & (lp.row_point == point))
+                if not take[sel].any():
+                    continue
+                rw = make_rows(None, lp.problem.h[sel], lp.row_unit[sel], lp.row_aux[sel])
+                moved = piece.moves(pp[piece.name], rw, dual[sel], take[sel])
+                if moved is not None:
+                    out[piece.name] = moved
+        shared_safe = shared_risky = None
+        if pat.shared is not None:
+            sel = ~hidden
+            shared_safe, shared_risky = self.plan.cut_node.shared_moves(
+                pat.shared, lp.row_type[sel], lp.row_unit[sel], dual[sel], want[sel], tight[sel], self.faithful,
+                DUAL_TOL)
+        return (new_u, new_v), shared_safe, shared_risky
+
+    @staticmethod
+    def _apply(pat: Patterns, hidden_moves, shared_flips) -> Patterns:
+        new = pat.copy()
+        new.u.update({k: p.copy() for k, p in hidden_moves[0].items()})
+        new.v.update({k: p.copy() for k, p in hidden_moves[1].items()})
+        if new.shared is not None and shared_flips is not None:
+            new.shared ^= shared_flips
+        return new
+
+    # ------------------------------------------------------------------ the descent -----
+    def solve_lp(self, u, v, pat, warm: tuple | None = None):
+        """Build and solve the LP of ``pat``; ``warm`` = (tight row keys, weight) of the previous
+        solve. A solve that is not optimal is retried with the fallback backend."""
+        lp = self.build(u, v, pat)
+        if lp is None:
+            return None, None
+        sol = self.backend.solve_min_max_norm(lp.warm(*warm) if warm else lp.problem, self.options)
+        if not sol.ok and self.fallback is not None:
+            self.fallback_solves += 1
+            sol = self.fallback[0].solve_min_max_norm(lp.problem, self.fallback[1])
+        return lp, sol
+
+    def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> DescentOutcome:
+        """Descend from each start (pairs of points whose patterns seed the search); keep the best."""
+        t0 = time.perf_counter()
+        self._jac.clear()
+        best = DescentOutcome(None, None)
+        messages, failures = [], []
+        for xu, xv in starts:
+            out = self._descend(u, v, self.patterns_at(xu, xv))
+            best.iterations += out.iterations
+            best.lp_solves += out.lp_solves
+            if out.message:
+                messages.append(out.message)
+            if out.failed:
+                failures.append(out.failed)
+            if out.found and out.objective < best.objective:
+                best.u_adv, best.v_adv, best.objective, best.history = out.u_adv, out.v_adv, out.objective, out.history
+                best.problem = out.problem
+            if best.found and not self.faithful:
+                break  # a later start is only a fallback
+        best.seconds = time.perf_counter() - t0
+        best.message = "; ".join(dict.fromkeys(messages))
+        best.failed = "; ".join(dict.fromkeys(failures))
+        return best
+
+    def _descend(self, u, v, pat: Patterns) -> DescentOutcome:
+        out = DescentOutcome(None, None)
+        seen = {pat.key()}
+        risky_pending = False  # the current pattern came from a risky flip of the best one
+        warm = None
+        plan, r = self.plan, self.r
+        for it in range(self.max_iter):
+            out.iterations = it + 1
+            lp, sol = self.solve_lp(u, v, pat, warm)
+            out.lp_solves += lp is not None
+            if lp is None or not sol.ok:
+                if lp is not None and not sol.ok:
+                    # a solver failure, not an empty piece: the pair's result at this cut is a
+                    # failure (counted and reported), even when an earlier step found a point
+                    out.failed = f"LP failed: {sol.termination.value} ({sol.message})"
+                    out.message = f"cone LP failed at step {it + 1}: {sol.termination.value} ({sol.message})"
+                elif not out.found:
+                    out.message = "cone LP failed at the start: patterns infeasible"
+                break  # keep the best point found so far
+            x = sol.x
+            if sol.hints is not None:
+                act = np.asarray(sol.hints.get("active", []), dtype=np.int64)
+                warm = (lp.row_keys[act], sol.hints.get("weight"))
+            au, av = x[1:1 + r], x[1 + r:1 + 2 * r]
+            eps = max(float(plan.norm.size(au)), float(plan.norm.size(av)))
+            out.history.append(eps)
+            if eps < out.objective * (1 - 1e-9) - 1e-12:
+                out.u_adv, out.v_adv, out.objective = u + plan.lift(au), v + plan.lift(av), eps
+                out.problem = lp.problem
+                risky_pending = False
+            elif self.faithful or risky_pending:
+                break  # no decrease (the paper's stopping rule), or a risky flip did not pay
+            hidden, shared_safe, shared_risky = self._moves(lp, x, sol.z, eps, pat)
+            any_safe = bool(hidden[0] or hidden[1]) or (shared_safe is not None and shared_safe.any())
+            if self.faithful:
+                nxt = self._apply(pat, hidden, None if shared_safe is None else shared_safe | shared_risky)
+            elif any_safe:
+                # safe moves keep the current point feasible: the budget cannot increase
+                nxt = self._apply(pat, hidden, shared_safe)
+            elif self.risky_flips and shared_risky is not None and shared_risky.any():
+                nxt = self._apply(pat, ({}, {}), shared_risky)
+                risky_pending = True
+            else:
+                break  # a local optimum over neighbouring patterns
+            key = nxt.key()
+            if key in seen:
+                break
+            seen.add(key)
+            pat = nxt
+        return out
+
+
+def _independent_rows(A: np.ndarray, b: np.ndarray, independent: bool = False):
+    """Drop linearly dependent rows of A x = b (pivoted QR), normalising the rest.
+
+    ``independent``: the caller knows that the non-zero rows are independent (with margin);
+    they are only normalised.
+
+    Returns (A', b') with possibly zero rows, or None when the system is inconsistent.
+    cvxopt needs rank(A) = rows(A); given dependent rows it reports 'unknown' with a wrong
+    objective instead of failing.
+    """
+    scale = np.linalg.norm(A, axis=1)
+    nz = scale > 1e-12 * max(1.0, float(scale.max(initial=0.0)))
+    if np.any(np.abs(b[~nz]) > 1e-9 * max(1.0, float(np.abs(b).max(initial=0.0)))):
+        return None
+    A, b = A[nz] / scale[nz, None], b[nz] / scale[nz]
+    if A.shape[0] == 0 or independent:
+        return A, b
+    if A.shape[0] <= A.shape[1]:
+        # fast path: unit rows whose Gram matrix is safely positive definite are independent
+        try:
+            L = scipy.linalg.cholesky(A @ A.T, lower=True, check_finite=False)
+            if float(np.min(np.diag(L))) > GRAM_TOL:
+                return A, b
+        except np.linalg.LinAlgError:
+            pass
+    _, R, piv = scipy.linalg.qr(A.T, mode="economic", pivoting=True)
+    d = np.abs(np.diag(R))
+    rank = int(np.sum(d > RANK_TOL * d[0]))
+    keep = np.sort(piv[:rank])
+    if rank < A.shape[0]:
+        x, *_ = np.linalg.lstsq(A[keep], b[keep], rcond=None)
+        if np.max(np.abs(A @ x - b)) > 1e-7 * max(1.0, float(np.abs(b).max())):
+            return None
+    return A[keep], b[keep]
