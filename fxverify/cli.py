@@ -654,4 +654,10 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
 
 
 def run() -> None:  # console-script entry point
-    app()
+    # one BLAS thread in this process too (workers have theirs): the descent's LPs are small
+    # dense problems on which threaded BLAS only contends (on a loaded machine, by a factor of
+    # ten and more)
+    from .executors import _one_blas_thread
+
+    with _one_blas_thread():
+        app()

@@ -29,6 +29,7 @@ import time
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+from scipy.linalg.blas import dtrsv as _dtrsv
 
 from .base import Backend, Capability, Opt, ConeProblem, ConeSolution, MinMaxNormProblem, SolverOptions, Termination
 
@@ -153,7 +154,7 @@ class _LeastNorm:
                 N, L = Nb[:k], Lb[:k, :k]
                 if k:
                     Nap = N @ ap
-                    rr = scipy.linalg.cho_solve((L, True), Nap, check_finite=False)
+                    rr = _cho_solve_view(L, Nap)
                     z = ap - N.T @ rr
                 else:
                     rr = np.zeros(0)
@@ -185,7 +186,7 @@ class _LeastNorm:
                         isineq = np.concatenate([isineq, np.zeros(cap - isineq.size, dtype=bool)])
                         Nb, Lb = Nb2, Lb2
                     if k:
-                        l12 = scipy.linalg.solve_triangular(Lb[:k, :k], Nap, lower=True, check_finite=False)
+                        l12 = _dtrsv(Lb[:k, :k].T, Nap, lower=0, trans=1)
                         d = float(ap @ ap - l12 @ l12)
                         if d <= 1e-12 * float(ap @ ap):
                             raise _Numerical()
@@ -260,6 +261,14 @@ class _LeastNorm:
             return False
         s = (self.C @ x - self.h) / self.Cn
         return not s.size or float(s.max()) <= self.tol
+
+
+def _cho_solve_view(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve L L' x = b for a lower factor L that is a view into a larger buffer: BLAS trsv on
+    its transpose reads it in place (scipy's cho_solve copies a non-contiguous factor first,
+    which costs as much as the solve)."""
+    U = L.T  # upper, Fortran-ordered with the buffer's leading dimension
+    return _dtrsv(U, _dtrsv(U, b, lower=0, trans=1), lower=0, trans=0)
 
 
 def _chol_delete(Lb: np.ndarray, k: int, j: int) -> None:

@@ -46,6 +46,11 @@ RANK_TOL = 1e-10
 #: unit equality rows whose Gram Cholesky pivots all exceed this are independent without a QR
 #: (the QR decides the rest)
 GRAM_TOL = 1e-6
+#: equality systems with more rows than variables and more entries than this are replaced by an
+#: orthonormal basis of their row space (from the Gram matrix) instead of a pivoted QR
+GRAM_ENTRIES = 2_000_000
+#: ... keeping the directions whose squared singular value exceeds this times the largest
+GRAM_RANK_TOL = 1e-12
 
 
 @dataclass
@@ -175,8 +180,13 @@ class PatternDescent:
             cu, Eu = fu[cut.name]
             cv, Ev = fv[cut.name]
             e = cv - cu
-        eq_A = linops.to_dense(linops.hstack([Eu, -Ev])) if e.shape[0] else None
         eq_b = e
+        eq_A = None
+        if e.shape[0]:
+            if e.shape[0] * 2 * r > GRAM_ENTRIES and e.shape[0] > 2 * r:
+                eq_A = (Eu, Ev)  # many more equalities than variables: reduced through the Gram matrix
+            else:
+                eq_A = linops.to_dense(linops.hstack([Eu, -Ev]))
 
         # rows that do not depend on the perturbation are constants (checked, then left out);
         # the rest are normalised
@@ -214,7 +224,12 @@ class PatternDescent:
         if sparse:
             C = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, 2 * r))
         A = b = None
-        if eq_A is not None and eq_A.shape[0]:
+        if isinstance(eq_A, tuple):
+            reduced = _row_space_equalities(*eq_A, eq_b)
+            if reduced is None:
+                return None
+            A, b = reduced if reduced[0].shape[0] else (None, None)
+        elif eq_A is not None and eq_A.shape[0]:
             reduced = _independent_rows(eq_A, eq_b, independent=self._first_rows_independent)
             if reduced is None:
                 return None  # inconsistent equalities: no collision with these patterns
@@ -353,6 +368,39 @@ class PatternDescent:
             seen.add(key)
             pat = nxt
         return out
+
+
+def _row_space_equalities(Eu, Ev, b: np.ndarray):
+    """``Eu a_u - Ev a_v = b`` (many rows, few variables) as ``Q x = c`` with Q an orthonormal
+    basis of the rows' span (from the eigenvectors of the Gram matrix A'A, n x n), or None when
+    the system is inconsistent. When Eu and Ev are the same rows (a cut right after the first
+    linear map) the basis is {(y, -y) / sqrt(2)} for y in the span of Eu's rows: half the size."""
+    n = Eu.shape[1]
+    same = (Eu is Ev) or (linops.is_sparse(Eu) == linops.is_sparse(Ev) and Eu.shape == Ev.shape and (
+        (Eu != Ev).nnz == 0 if linops.is_sparse(Eu) else np.array_equal(Eu, Ev)))
+    norms = linops.row_norms(linops.hstack([Eu, Ev]))
+    nz = norms > 1e-12 * max(1.0, float(norms.max(initial=0.0)))
+    if np.any(np.abs(b[~nz]) > 1e-9 * max(1.0, float(np.abs(b).max(initial=0.0)))):
+        return None
+    inv = 1.0 / norms[nz]
+    Eu, Ev, b = linops.scale_rows(Eu[nz], inv), linops.scale_rows(Ev[nz], inv), b[nz] * inv
+    B = Eu if same else linops.hstack([Eu, -Ev])
+    G = linops.to_dense(B.T @ B)
+    lam, U = np.linalg.eigh(G)
+    keep = lam > GRAM_RANK_TOL * max(float(lam[-1]) if lam.size else 0.0, 1e-300)
+    Uk, lk = U[:, keep], lam[keep]
+    y = Uk @ ((Uk.T @ np.asarray(B.T @ b).ravel()) / lk)  # the least-norm solution of B y = b
+    if same:
+        # A x = B (x_u - x_v): any x with x_u - x_v = y (+ null-space parts) solves it
+        resid = np.asarray(B @ y).ravel() - b
+        Q = np.hstack([Uk.T, -Uk.T]) / np.sqrt(2.0)
+        x0 = np.concatenate([y, np.zeros(n)])
+    else:
+        resid = np.asarray(B @ y).ravel() - b
+        Q, x0 = Uk.T, y
+    if np.max(np.abs(resid), initial=0.0) > 1e-7 * max(1.0, float(np.abs(b).max(initial=0.0))):
+        return None
+    return np.ascontiguousarray(Q), Q @ x0
 
 
 def _independent_rows(A: np.ndarray, b: np.ndarray, independent: bool = False):

@@ -26,8 +26,8 @@ from ..ir import INPUT_CUT, Linear, Network, Node, first_linear
 from ..norms import Domain, Norm
 from ..pieces import Piece
 
-#: a first linear map with at most this many entries gets an exact SVD; larger ones a Gram
-#: eigendecomposition (or, for l2, no reduction when the map has full column rank)
+#: a map with at most this many entries and fewer than twice as many rows as columns gets an
+#: exact SVD; others (convolutions, tall maps) an eigendecomposition of their Gram matrix
 SVD_ENTRIES = 20_000_000
 
 
@@ -42,7 +42,7 @@ class RowSpace:
     @staticmethod
     def of(W) -> RowSpace:
         m, d = W.shape
-        if m * d <= SVD_ENTRIES:
+        if m * d <= SVD_ENTRIES and m < 2 * d:
             _, s, Vt = np.linalg.svd(linops.to_dense(W), full_matrices=False)
             tol = max(W.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)
             r = int(np.sum(s > tol))
