@@ -45,7 +45,7 @@ class Engine:
     domain: Domain | None = None
     lp: Backend | None = None  # the descent's (and polyhedral affine cuts') LP backend
     lp_options: SolverOptions = field(default_factory=SolverOptions)
-    fallback: tuple[Backend, SolverOptions] | None = None
+    fallbacks: tuple[tuple[Backend, SolverOptions], ...] = ()
     exact: Backend | None = None
     exact_options: SolverOptions = field(default_factory=SolverOptions)
     descent: Engine | None = None  # the exact method's descent (its budget bounds the model)
@@ -143,17 +143,16 @@ def resolve_engine(solver: str | SolverProfile | None = None, norm: str | Norm |
             raise SolverError(f"backend {b.name!r} is not usable: {b.availability_detail()}")
         descent = resolve_engine(DEFAULT_PROFILE, norm, domain)
         return Engine(profile, "exact", norm, domain, lp=descent.lp, lp_options=descent.lp_options,
-                      fallback=descent.fallback, exact=b, exact_options=profile.options, descent=descent,
+                      fallbacks=descent.fallbacks, exact=b, exact_options=profile.options, descent=descent,
                       check=check)
     lp, lp_options = _lp_for(profile, norm)
-    fallback = None
-    if profile.fallback is not None:
-        fb = get_backend(profile.fallback)
-        if fb.solves(norm.name) and fb.name != lp.name:
-            fb.require(Capability.LP if norm.polyhedral else Capability.CONE_LP)
-            fb.check_options(profile.fallback_options)
-            fallback = (fb, profile.fallback_options)
-    return Engine(profile, profile.method, norm, domain, lp=lp, lp_options=lp_options, fallback=fallback,
+    fallbacks = []
+    for name, options in profile.fallbacks:
+        fb = get_backend(name)
+        fb.check_options(options)
+        if fb.solves(norm.name) and fb.name != lp.name and fb.availability():
+            fallbacks.append((fb, options))
+    return Engine(profile, profile.method, norm, domain, lp=lp, lp_options=lp_options, fallbacks=tuple(fallbacks),
                   check=check)
 
 

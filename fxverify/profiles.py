@@ -37,8 +37,7 @@ class SolverProfile:
     description: str = ""
     source: str = ""
     #: descent: a second backend (with its options) for cone LPs the first does not solve
-    fallback: str | None = None
-    fallback_options: SolverOptions | None = None
+    fallbacks: tuple[tuple[str, SolverOptions], ...] = ()
     #: descent: start each ReLU cut at the midpoint's patterns or at the shallower cut's collision
     start: str = "midpoint"
     #: descent: when no safe flip is left, try the dual-suggested flips that leave the current
@@ -53,8 +52,8 @@ class SolverProfile:
                 "threads": self.options.threads, "options": dict(self.options.native),
                 "max_iterations": self.max_iterations, "start": self.start,
                 "risky_flips": self.risky_flips, "lp_backend": self.lp_backend, "source": self.source,
-                **({"fallback": self.fallback, "fallback_options": dict(self.fallback_options.native)}
-                   if self.fallback else {})}
+                **({"fallback": [{"backend": b, "options": dict(o.native)} for b, o in self.fallbacks]}
+                   if self.fallbacks else {})}
 
     def to_document(self) -> dict[str, Any]:
         """The profile as a profile file (valid against the schema)."""
@@ -67,8 +66,8 @@ class SolverProfile:
         for k in ("time_limit", "rel_gap", "threads"):
             if getattr(self.options, k) is not None:
                 doc[k] = getattr(self.options, k)
-        if self.fallback:
-            doc["fallback"] = {"backend": self.fallback, "options": dict(self.fallback_options.native)}
+        if self.fallbacks:
+            doc["fallback"] = [{"backend": b, "options": dict(o.native)} for b, o in self.fallbacks]
         return doc
 
     def with_overrides(self, overrides: dict[str, Any]) -> SolverProfile:
@@ -113,12 +112,12 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
         raise SolverError(f"solver profile {source}: invalid at {_format_path(e.absolute_path)}: {e.message}")
     opts = SolverOptions(time_limit=doc.get("time_limit"), rel_gap=doc.get("rel_gap"), threads=doc.get("threads"),
                          native=dict(doc.get("options", {})))
-    fb = doc.get("fallback")
+    fb = doc.get("fallback") or []
+    fb = [fb] if isinstance(fb, dict) else fb
     return SolverProfile(name=name, method=doc["method"], backend=doc["backend"], options=opts,
                          max_iterations=int(doc.get("max_iterations", 50)), description=doc.get("description", ""),
                          start=doc.get("start", "midpoint"), risky_flips=bool(doc.get("risky_flips", False)),
-                         lp_backend=doc.get("lp_backend", DEFAULT_LP_BACKEND), source=source, fallback=fb["backend"] if fb else None,
-                         fallback_options=SolverOptions(native=dict(fb.get("options", {}))) if fb else None)
+                         lp_backend=doc.get("lp_backend", DEFAULT_LP_BACKEND), source=source, fallbacks=tuple((f["backend"], SolverOptions(native=dict(f.get("options", {})))) for f in fb))
 
 
 def _read(raw: bytes, source: str) -> Any:

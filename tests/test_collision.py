@@ -339,7 +339,7 @@ def test_solver_trouble_gives_a_failed_collision_not_an_exception(tmp_path, solu
     net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
     col = collider(net, method="faithful")
     d = col._descent("relu1")
-    d.backend, d.fallback = _Broken(solution), None
+    d.backend, d.fallbacks = _Broken(solution), ()
     res = col.collide("relu1", [1.0, 4.0], [9.0, -5.0])
     assert res.status is CollisionStatus.FAILED and not res.verified and math.isinf(res.eps)
     assert solution.termination.value in res.message
@@ -352,7 +352,7 @@ def test_a_failed_solve_is_a_failed_pair_not_a_silent_fallback(tmp_path):
     net = fcnn(tmp_path, [np.eye(2)], [np.zeros(2)])
     col = collider(net)
     d = col._descent("relu1")
-    d.backend, d.fallback = _Broken(ConeSolution(Termination.NUMERICAL_ERROR, message="bogus")), None
+    d.backend, d.fallbacks = _Broken(ConeSolution(Termination.NUMERICAL_ERROR, message="bogus")), ()
     res = col.collide_cuts([1.0, 4.0], [9.0, -5.0], ("linear1", "relu1"))
     assert res["linear1"].status is CollisionStatus.FOUND
     assert res["relu1"].status is CollisionStatus.FAILED and math.isinf(res["relu1"].eps)

@@ -294,6 +294,9 @@ def _chol_delete(Lb: np.ndarray, k: int, j: int) -> None:
     Lb[:, k - 1] = 0.0
 
 
+#: a returned point satisfies its (unit-row) constraints to this, relative to max(1, |x|)
+ACCURACY = 1e-9
+
 #: a fixed-set root must balance the squared norms to this relative accuracy
 BALANCE_TOL = 1e-8
 
@@ -480,6 +483,15 @@ class ActiveSetBackend(Backend):
         except (_Numerical, np.linalg.LinAlgError) as err:
             return ConeSolution(Termination.NUMERICAL_ERROR, solver=self.name, seconds=time.perf_counter() - t0,
                                 iterations=calls, message=f"activeset: ill-conditioned working set {err}")
+        # the point must satisfy its constraints to solver precision (at extreme weights the
+        # updated factors can drift): an inaccurate point goes to the fallback, never to the caller
+        scale = max(1.0, float(np.linalg.norm(x)))
+        eq_res = float(np.max(np.abs(A @ x - b), initial=0.0))
+        ineq_res = float(np.max((C @ x - h) / ln.Cn, initial=0.0))
+        if eq_res > ACCURACY * scale or ineq_res > ACCURACY * scale + ln.tol:
+            return ConeSolution(Termination.NUMERICAL_ERROR, solver=self.name, seconds=time.perf_counter() - t0,
+                                iterations=calls, message=f"activeset: inaccurate point (equality residual "
+                                                          f"{eq_res:.2g}, inequality violation {ineq_res:.2g})")
         xu, xv = x[:r], x[r:]
         t = max(float(np.linalg.norm(xu)), float(np.linalg.norm(xv)))
         # cone-LP duals: z = QP multiplier / t (QP with weights w, 1 - w)

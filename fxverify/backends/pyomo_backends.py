@@ -146,24 +146,27 @@ def cone_model(problem: ConeProblem):
     import pyomo.environ as pe
 
     n = problem.n_vars
+    import scipy.sparse as sp
+
+    G = problem.G.tocsr() if sp.issparse(problem.G) else sp.csr_matrix(problem.G)
     m = pe.ConcreteModel()
     m.x = pe.Var(range(n))
     x = m.x
 
-    def affine(row, const):
-        nz = np.flatnonzero(row)
-        return const - sum(float(row[k]) * x[int(k)] for k in nz)
+    def affine(i, const):
+        lo, hi = G.indptr[i], G.indptr[i + 1]
+        return const - sum(float(G.data[k]) * x[int(G.indices[k])] for k in range(lo, hi))
 
     m.lin = pe.ConstraintList()
     for i in range(problem.n_linear):
-        m.lin.add(affine(problem.G[i], float(problem.h[i])) >= 0)
+        m.lin.add(affine(i, float(problem.h[i])) >= 0)
     for i in range(problem.n_eq):
         nz = np.flatnonzero(problem.A[i])
         m.lin.add(sum(float(problem.A[i, k]) * x[int(k)] for k in nz) == float(problem.b[i]))
     m.soc = pe.ConstraintList()
     start = problem.n_linear
     for size in problem.soc_sizes:
-        s = [affine(problem.G[start + k], float(problem.h[start + k])) for k in range(size)]
+        s = [affine(start + k, float(problem.h[start + k])) for k in range(size)]
         m.soc.add(s[0] >= 0)
         m.soc.add(sum(e * e for e in s[1:]) <= s[0] * s[0])
         start += size

@@ -69,7 +69,7 @@ class Collider:
         if cut not in self._descents:
             e = self.engine
             self._descents[cut] = PatternDescent(self.plan(cut), e.lp, e.lp_options, faithful=self.method == "faithful",
-                                                 max_iter=e.max_iterations, fallback=e.fallback,
+                                                 max_iter=e.max_iterations, fallbacks=e.fallbacks,
                                                  risky_flips=e.risky_flips)
         return self._descents[cut]
 
@@ -163,8 +163,10 @@ class Collider:
         """An affine cut without a closed form (l-inf / l1, or an input domain): one LP."""
         problem = affine_problem(plan, u, v)
         sol = self.engine.lp.solve_min_max_norm(problem, self.engine.lp_options)
-        if not sol.ok and self.engine.fallback is not None:
-            sol = self.engine.fallback[0].solve_min_max_norm(problem, self.engine.fallback[1])
+        for backend, options in self.engine.fallbacks:
+            if sol.ok:
+                break
+            sol = backend.solve_min_max_norm(problem, options)
         if not sol.ok:
             return Collision(cut=cut, status=CollisionStatus.FAILED, method="lp", solver=self.engine.name,
                              seconds=time.perf_counter() - t0,

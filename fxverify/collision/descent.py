@@ -31,7 +31,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from .. import linops
-from ..backends.base import Backend, MinMaxNormProblem, SolverOptions
+from ..backends.base import Backend, MinMaxNormProblem, SolverOptions, Termination
 from ..pieces.base import rows as make_rows
 from .plan import CutPlan, JacobianCache
 
@@ -80,6 +80,11 @@ class _LP:
     row_unit: np.ndarray
     row_aux: np.ndarray
     n_aux: np.ndarray  # per piece index
+    #: rows left out because they do not depend on the perturbation (always satisfied): their
+    #: (type, piece, point, unit, aux) and slack. A move that needs such a row to be tight (both
+    #: points of a shared unit at z = 0) must see it
+    const_meta: np.ndarray = None
+    const_slack: np.ndarray = None
 
     @property
     def row_keys(self) -> np.ndarray:
@@ -120,7 +125,7 @@ class PatternDescent:
     """Descent for one cut; holds what every pair shares (the plan, the solver)."""
 
     def __init__(self, plan: CutPlan, backend: Backend, options: SolverOptions, *, faithful: bool = False,
-                 max_iter: int = 50, fallback: tuple[Backend, SolverOptions] | None = None,
+                 max_iter: int = 50, fallbacks: tuple[tuple[Backend, SolverOptions], ...] = (),
                  risky_flips: bool = False) -> None:
         if plan.kind != "pieces":
             raise ValueError(f"a pattern descent needs pieces at {plan.cut}, the cut is {plan.kind}")
@@ -129,7 +134,7 @@ class PatternDescent:
         self.options = options
         self.faithful = faithful
         self.max_iter = max_iter
-        self.fallback = fallback
+        self.fallbacks = tuple(fallbacks)
         self.fallback_solves = 0
         self.risky_flips = risky_flips
         self.r = plan.n_vars
@@ -193,12 +198,16 @@ class PatternDescent:
         norms = [linops.row_norms(blk[3].R) for blk in blocks]
         scale = max(1.0, max((float(n.max(initial=0.0)) for n in norms), default=0.0))
         hmax = max(1.0, max((float(np.abs(blk[3].h).max(initial=0.0)) for blk in blocks), default=0.0))
-        keeps = []
-        for blk, n in zip(blocks, norms):
+        keeps, dropped = [], []
+        for (point, typ, k, rw), n in zip(blocks, norms):
             const = n <= 1e-12 * scale
-            if np.any(blk[3].h[const] < -1e-9 * hmax):
+            if np.any(rw.h[const] < -1e-9 * hmax):
                 return None  # a unit's piece is fixed and contradicts the pattern
             keeps.append(None if not const.any() else ~const)
+            if const.any():
+                c = np.flatnonzero(const)
+                dropped.append((np.stack([np.full(c.size, typ), np.full(c.size, k), np.full(c.size, point),
+                                          rw.unit[c], rw.aux[c]]), rw.h[c]))
         m = sum(int(blk[3].n if keep is None else keep.sum()) for blk, keep in zip(blocks, keeps))
         sparse = any(sp.issparse(blk[3].R) for blk in blocks)
         h = np.empty(m)
@@ -240,7 +249,9 @@ class PatternDescent:
             (lu, hu), (lv, hv) = plan.box(u), plan.box(v)
             lb, ub = np.concatenate([lu, lv]), np.concatenate([hu, hv])
         problem = MinMaxNormProblem(C=C, h=h, A=A, b=b, norm=plan.norm.name, lb=lb, ub=ub)
-        return _LP(problem, meta[0], meta[1], meta[2], meta[3], meta[4], self._n_aux)
+        cmeta = np.hstack([d[0] for d in dropped]) if dropped else np.zeros((5, 0), dtype=np.int64)
+        cslack = np.concatenate([d[1] for d in dropped]) if dropped else np.zeros(0)
+        return _LP(problem, meta[0], meta[1], meta[2], meta[3], meta[4], self._n_aux, cmeta, cslack)
 
     # ------------------------------------------------------------------ moves -----------
     def _moves(self, lp: _LP, x: np.ndarray, z: np.ndarray, t: float, pat: Patterns):
@@ -267,9 +278,14 @@ class PatternDescent:
         shared_safe = shared_risky = None
         if pat.shared is not None:
             sel = ~hidden
+            cm, cs = lp.const_meta, lp.const_slack
+            csel = cm[0] != HIDDEN
+            nc = int(csel.sum())
             shared_safe, shared_risky = self.plan.cut_node.shared_moves(
-                pat.shared, lp.row_type[sel], lp.row_unit[sel], dual[sel], want[sel], tight[sel], self.faithful,
-                DUAL_TOL)
+                pat.shared, np.concatenate([lp.row_type[sel], cm[0][csel]]),
+                np.concatenate([lp.row_unit[sel], cm[3][csel]]), np.concatenate([dual[sel], np.zeros(nc)]),
+                np.concatenate([want[sel], np.zeros(nc, dtype=bool)]),
+                np.concatenate([tight[sel], cs[csel] <= TIGHT_TOL * max(1.0, t)]), self.faithful, DUAL_TOL)
         return (new_u, new_v), shared_safe, shared_risky
 
     @staticmethod
@@ -284,14 +300,16 @@ class PatternDescent:
     # ------------------------------------------------------------------ the descent -----
     def solve_lp(self, u, v, pat, warm: tuple | None = None):
         """Build and solve the LP of ``pat``; ``warm`` = (tight row keys, weight) of the previous
-        solve. A solve that is not optimal is retried with the fallback backend."""
+        solve. A solve that is not optimal is retried with each fallback backend in turn."""
         lp = self.build(u, v, pat)
         if lp is None:
             return None, None
         sol = self.backend.solve_min_max_norm(lp.warm(*warm) if warm else lp.problem, self.options)
-        if not sol.ok and self.fallback is not None:
+        for backend, options in self.fallbacks:
+            if sol.ok:
+                break
             self.fallback_solves += 1
-            sol = self.fallback[0].solve_min_max_norm(lp.problem, self.fallback[1])
+            sol = backend.solve_min_max_norm(lp.problem, options)
         return lp, sol
 
     def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> DescentOutcome:
@@ -329,7 +347,8 @@ class PatternDescent:
             lp, sol = self.solve_lp(u, v, pat, warm)
             out.lp_solves += lp is not None
             if lp is None or not sol.ok:
-                if lp is not None and not sol.ok:
+                empty = lp is None or sol.termination is Termination.INFEASIBLE  # every solver agrees
+                if not empty:
                     # a solver failure, not an empty piece: the pair's result at this cut is a
                     # failure (counted and reported), even when an earlier step found a point
                     out.failed = f"LP failed: {sol.termination.value} ({sol.message})"
