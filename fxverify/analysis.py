@@ -116,7 +116,7 @@ def analyze(net: Network, run, points, *, out_dir: str | os.PathLike, cuts: tupl
         net.cut_index(c)
     d = compute_distances(net, points, wanted, engine, Path(out_dir), progress=progress, time_budget=run.time_budget,
                           info={"spec": spec.to_dict()}, executor=executor, order=run.order,
-                          normalize=getattr(spec, "normalize", None))
+                          normalize=getattr(spec, "normalize", None), grid=run.grid)
     per_cut, mats = bounds_from_distances(d, spec.eps, net)
     dom = engine.domain
     return Analysis(model_path=net.source.path, model_sha256=net.source.sha256, spec=spec, profile=engine.profile,
@@ -136,13 +136,16 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
           solver: str | SolverProfile | None = None, solver_options: dict | None = None,
           time_budget: float | None = None, jobs: int | None = None, executor: str = "local",
           address: str | None = None, order: str = "promise", n: int | None = None, eps=None, cuts=None,
-          classes=None, norm: str | None = None, write: bool = True, progress: Progress | None = None) -> Analysis:
+          classes=None, norm: str | None = None, exhaustive: bool = False, write: bool = True,
+          progress: Progress | None = None) -> Analysis:
     """The main job from Python: lower bounds on the 0-1 and cross-entropy loss at every cut and
     budget, exactly as ``fxverify bound`` computes them (same store, same results).
 
     ``model``: an ONNX path or a loaded network; ``spec``: a spec path, a :class:`~fxverify.spec.Spec`
     or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes``, ``norm`` override the spec's
-    fields; ``solver`` / ``solver_options`` its solver profile; ``out`` the result directory
+    fields; ``solver`` / ``solver_options`` its solver profile; ``exhaustive``: every descent to
+    its local optimum (default: a descent stops when it cannot cross a budget of the grid);
+    ``out`` the result directory
     (default ``out/MODEL__SPEC``). ``write``: also write results.json, results.csv and the plots.
     Call it under ``if __name__ == "__main__":`` in scripts (the local executor spawns workers).
     """
@@ -155,7 +158,7 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     elif not isinstance(spec, (Spec, str, os.PathLike)):
         raise SpecError(f"spec must be a path, a Spec or a spec document, not {type(spec).__name__}")
     run = resolve_run(spec, solver=solver, solver_options=solver_options, time_budget=time_budget, order=order,
-                      n_per_class=n, eps=eps, cuts=cuts, classes=classes, norm=norm)
+                      exhaustive=exhaustive, n_per_class=n, eps=eps, cuts=cuts, classes=classes, norm=norm)
     ex = make_executor(executor, jobs=jobs, address=address)
     net, points = load_inputs(model, run)
     out_dir = Path(out) if out is not None else default_out(net.source.path, run.spec)

@@ -173,13 +173,13 @@ def _list(value: str | None, cast, flag: str):
 
 
 def _resolve(spec_path: Path, solver: str | None, options: list[str] | None, *, n=None, eps=None, cuts=None,
-             classes=None, norm=None, time_budget=None, order="promise"):
+             classes=None, norm=None, time_budget=None, order="promise", exhaustive=False):
     """The run's configuration, resolved once (spec + CLI overrides + profile + defaults)."""
     from .config import resolve_run
 
     cut_list = None if cuts is None else ("all" if cuts.strip() == "all" else _list(cuts, str, "--cuts"))
     return resolve_run(spec_path, solver=solver, solver_options=_overrides(options), time_budget=time_budget,
-                       order=order, n_per_class=n, eps=_list(eps, float, "--eps"), cuts=cut_list,
+                       order=order, exhaustive=exhaustive, n_per_class=n, eps=_list(eps, float, "--eps"), cuts=cut_list,
                        classes=_list(classes, int, "--classes"), norm=norm)
 
 
@@ -202,6 +202,9 @@ CutsOpt = Annotated[Optional[str], typer.Option("--cuts", help="Cuts, e.g. 'relu
                                                 "spec's).", show_default=False)]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="The two classes, e.g. '3,7' (overrides the "
                                                    "spec's).", show_default=False)]
+ExhaustiveOpt = Annotated[bool, typer.Option("--exhaustive", help="Run every descent to its local optimum (the "
+                                             "reference; default: a descent stops when its next steps cannot "
+                                             "cross a budget of the grid).")]
 NormOpt = Annotated[Optional[str], typer.Option("--norm", help="The adversary's norm: l2, linf or l1 (overrides the "
                                                 "spec's).", show_default=False)]
 
@@ -578,14 +581,14 @@ def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt 
           time_budget: TimeBudgetOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
           address: AddressOpt = None, solver_option: SolverOptionOpt = None, order: OrderOpt = "promise",
           n: NOpt = None, eps: EpsOpt = None, cuts: CutsOpt = None, classes: ClassesOpt = None,
-          norm: NormOpt = None) -> None:
+          norm: NormOpt = None, exhaustive: ExhaustiveOpt = False) -> None:
     """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
     from .analysis import analyze
     from .executors import make_executor
     from .report import write_results
 
     run = _resolve(spec, solver, solver_option, n=n, eps=eps, cuts=cuts, classes=classes, norm=norm,
-                   time_budget=time_budget, order=order)
+                   time_budget=time_budget, order=order, exhaustive=exhaustive)
     net, points = _prepare(model, run)
     ex = make_executor(executor, jobs=jobs, address=address)
     out = out or _default_out(model, spec)
@@ -622,7 +625,7 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
             out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("out/compare"),
             solver: SolverOpt = None, time_budget: TimeBudgetOpt = None,
             solver_option: SolverOptionOpt = None, n: NOpt = None, eps: EpsOpt = None, classes: ClassesOpt = None,
-            norm: NormOpt = None) -> None:
+            norm: NormOpt = None, exhaustive: ExhaustiveOpt = False) -> None:
     """Plot one cut across several models (e.g. training methods) on the same points and budgets."""
     from .analysis import analyze
     from .errors import SpecError
@@ -634,7 +637,7 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
     if len(set(labels)) != len(labels):
         raise SpecError("model labels must differ (pass --label)")
     run = _resolve(spec, solver, solver_option, n=n, eps=eps, cuts=cut, classes=classes, norm=norm,
-                   time_budget=time_budget)
+                   time_budget=time_budget, exhaustive=exhaustive)
     inputs = [_prepare(m, run) for m in models]
     results = {}
     with _progress() as report:

@@ -232,14 +232,23 @@ class RunConfig:
     engine: Engine
     time_budget: float | None = None
     order: str = "promise"
+    #: every descent to its local optimum (the reference); by default a descent stops when its
+    #: next steps cannot cross a budget of the spec's grid
+    exhaustive: bool = False
 
     @property
     def norm(self) -> Norm:
         return self.engine.norm
 
+    @property
+    def grid(self) -> tuple[float, ...] | None:
+        """The budgets descents may stop at (None when exhaustive)."""
+        return None if self.exhaustive else tuple(self.spec.eps)
+
 
 def resolve_run(spec, *, solver: str | SolverProfile | None = None, solver_options: dict | None = None,
-                time_budget: float | None = None, order: str = "promise", **overrides) -> RunConfig:
+                time_budget: float | None = None, order: str = "promise", exhaustive: bool = False,
+                **overrides) -> RunConfig:
     """The spec (a Spec or a path) with overrides, its solver profile (``solver`` or the spec's)
     with ``solver_options``, its norm and domain, and the time budget (``time_budget`` or the
     spec's) -> a :class:`RunConfig`."""
@@ -261,7 +270,7 @@ def resolve_run(spec, *, solver: str | SolverProfile | None = None, solver_optio
 
     if order not in ORDERS:
         raise FxverifyError(f"unknown pair order {order!r}; orders: {', '.join(ORDERS)}")
-    return RunConfig(spec, engine, time_budget, order)
+    return RunConfig(spec, engine, time_budget, order, bool(exhaustive))
 
 
 __all__ = ["Availability", "Engine", "RunConfig", "apply_overrides", "prepare_network", "resolve_engine",

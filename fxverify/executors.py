@@ -48,6 +48,7 @@ class PairJob:
     X_b: np.ndarray = field(repr=False)
     cuts: tuple[str, ...]
     normalize: tuple | None = None  # the spec's input normalisation, applied to the loaded model
+    grid: tuple[float, ...] | None = None  # budgets a descent may stop at (None: exhaustive)
 
 
 class _Worker:
@@ -76,7 +77,7 @@ class _Worker:
         for i, j in chunk:
             if _past(deadline):
                 break
-            res = self.collider.collide_cuts(self.job.X_a[i], self.job.X_b[j], self.job.cuts)
+            res = self.collider.collide_cuts(self.job.X_a[i], self.job.X_b[j], self.job.cuts, grid=self.job.grid)
             rows.extend(PairRow.of(res[c], i, j) for c in self.job.cuts)
         return rows
 
@@ -327,7 +328,7 @@ def _ray_task(job: PairJob, chunk: Chunk):
             os._exit(1)  # the worker dies mid-task, as on a lost node
     worker = _RAY_WORKERS.get(job.model_sha256)
     if worker is None or worker.job.engine.describe() != job.engine.describe() \
-            or worker.job.normalize != job.normalize or worker.job.cuts != job.cuts \
+            or worker.job.normalize != job.normalize or worker.job.grid != job.grid or worker.job.cuts != job.cuts \
             or not np.array_equal(worker.job.X_a, job.X_a) or not np.array_equal(worker.job.X_b, job.X_b):
         _RAY_WORKERS.clear()
         worker = _Worker(job)

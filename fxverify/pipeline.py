@@ -154,10 +154,12 @@ def promise_budgets(collider: Collider, points: Points, first_paired: str,
 def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engine,
                       out_dir, *, progress: Progress | None = None, time_budget: float | None = None,
                       info: dict | None = None, executor=None, order: str = "promise",
-                      normalize=None) -> Distances:
+                      normalize=None, grid=None) -> Distances:
     """Compute (or resume) the budgets of all pairs at ``cuts`` into the store in ``out_dir``.
 
     ``engine``: the resolved collision method (:func:`fxverify.config.resolve_engine`);
+    ``grid``: the budgets the distances are for: a descent stops when its next steps cannot
+    cross one of them (None: every descent runs to its local optimum, ``--exhaustive``);
     ``normalize``: the spec's input normalisation, already applied to ``net`` (workers apply it
     again to the model they load). ``executor``: where the pair tasks run
     (:func:`fxverify.executors.make_executor`; default: a process pool over the local cores).
@@ -172,7 +174,9 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
 
     t_start = time.perf_counter()
     collider = Collider(net, engine)
-    settings = {**engine.describe(), "normalize": None if normalize is None else [list(x) for x in normalize]}
+    grid = None if grid is None else tuple(sorted(float(g) for g in grid))
+    settings = {**engine.describe(), "normalize": None if normalize is None else [list(x) for x in normalize],
+                "grid": None if grid is None else list(grid)}
     fp = fingerprint(net.source.sha256, points.X_a, points.X_b, settings)
     meta = {"fxverify": __version__, "model": net.source.path, "model_sha256": net.source.sha256,
             "profile": engine.profile.to_dict(), "engine": settings, **(info or {})}
@@ -201,7 +205,7 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
             if not (net.source.path and os.path.isfile(net.source.path)):
                 executor = SerialExecutor()  # workers load the model from its file
             job = PairJob(net.source.path, net.source.sha256, engine, points.X_a, points.X_b, tuple(paired),
-                          normalize)
+                          normalize, grid)
 
             # the time budget is hard: at the deadline the executor abandons the pairs in flight
             # (never stored: a pair's rows are stored whole, in one transaction) and stops

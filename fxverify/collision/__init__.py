@@ -32,7 +32,7 @@ from ..errors import DataError, SolverError
 from ..ir import Network
 from ..results import Collision, CollisionStatus
 from .affine import affine_problem, closed_form, pair_collision
-from .descent import PatternDescent
+from .descent import GridStop, PatternDescent
 from .plan import CutPlan
 from .verify import Verifier
 
@@ -110,7 +110,8 @@ class Collider:
         u, v = self._point(u, "u"), self._point(v, "v")
         return self._collide(cut, u, v, None)
 
-    def _collide(self, cut: str, u: np.ndarray, v: np.ndarray, start: Collision | None) -> Collision:
+    def _collide(self, cut: str, u: np.ndarray, v: np.ndarray, start: Collision | None,
+                 stop: GridStop | None = None) -> Collision:
         t0 = time.perf_counter()
         plan = self.plan(cut)
         usable = start if (start is not None and start.status is CollisionStatus.FOUND
@@ -127,6 +128,16 @@ class Collider:
                                  message=f"{cut} is piecewise linear: no closed form (use descent)")
             if self.method == "exact":
                 return self._exact(cut, u, v, t0)
+            if stop is not None:
+                fu, fv = self.net.forward(np.stack([u, v]), cut=cut)
+                if np.array_equal(fu, fv):  # the points themselves collide: eps = 0
+                    return self._verified(cut, u, v, u.copy(), v.copy(), self.method, t0,
+                                          note="equal features at the points themselves")
+            if stop is not None and usable is not None and stop.target(usable.eps) is None:
+                # the collision of a cut that determines this one is below every grid value: the
+                # descent here cannot change an edge
+                return self._verified(cut, u, v, usable.u_adv, usable.v_adv, self.method, t0,
+                                      note=f"kept the collision found at {usable.cut} (below the grid)")
             d = self._descent(cut)
             mid = (u + v) / 2.0
             chained = [(usable.u_adv, usable.v_adv)] if usable is not None else []
@@ -136,7 +147,7 @@ class Collider:
                 starts = chained + [(mid, mid)]  # the second start only if the first fails
             else:
                 starts = [(mid, mid)] + chained
-            out = d.run(u, v, starts)
+            out = d.run(u, v, starts, stop)
         except np.linalg.LinAlgError as err:  # numerical trouble in the set-up of one pair
             return self._failed(cut, t0, f"linear algebra failed: {err}")
         if out.failed:
@@ -228,11 +239,14 @@ class Collider:
                        termination=res.termination.value, iterations=res.nodes, seconds=time.perf_counter() - t0,
                        message="; ".join(notes))
 
-    def collide_cuts(self, u, v, cuts: tuple[str, ...] | None = None) -> dict[str, Collision]:
+    def collide_cuts(self, u, v, cuts: tuple[str, ...] | None = None, grid=None) -> dict[str, Collision]:
         """All requested cuts (default: every cut) for one pair. The descent computes, for each,
         the cuts that determine it (in network order; each cut's descent may start from the best
         collision found at those) -- so this is the one place the walk over shallower cuts is
-        decided."""
+        decided. ``grid``: the budgets the results are for; a descent stops when its next steps
+        cannot cross one of them (:class:`~fxverify.collision.descent.GridStop`; None: every
+        descent runs to its local optimum)."""
+        stop = None if grid is None else GridStop(tuple(sorted(float(g) for g in grid)))
         u, v = self._point(u, "u"), self._point(v, "v")
         wanted = self.net.cuts if cuts is None else tuple(cuts)
         for c in wanted:
@@ -249,7 +263,7 @@ class Collider:
                 r = out[dom]
                 if r.status is CollisionStatus.FOUND and (best is None or r.eps <= best.eps):
                     best = r
-            out[cut] = self._collide(cut, u, v, best)
+            out[cut] = self._collide(cut, u, v, best, stop)
         return {c: out[c] for c in wanted}
 
 

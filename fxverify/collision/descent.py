@@ -53,6 +53,40 @@ GRAM_ENTRIES = 2_000_000
 GRAM_RANK_TOL = 1e-12
 
 
+#: the grid-aware stop assumes the descent keeps decreasing at most this many times its recent
+#: rate (measured: rates fall as a descent converges, so this over-estimates what is left)
+GRID_STOP_SLACK = 2.0
+
+
+@dataclass(frozen=True)
+class GridStop:
+    """Stops a descent whose next steps cannot move eps across a grid value: a pair's edges
+    change only when its eps crosses a budget of the grid (edge iff eps <= budget), so below
+    the current eps only the largest grid value under it matters. The descent goes on while its
+    recent decrease per step, over the steps it has left and with :data:`GRID_STOP_SLACK` to
+    spare, could still reach that value. Stopping early is always sound (a verified collision is
+    an edge wherever it counts); how much it loosens the bounds is measured against
+    ``exhaustive`` runs (benchmarks/README.md)."""
+
+    grid: tuple[float, ...]
+
+    def target(self, eps: float) -> float | None:
+        """The largest positive grid value below eps (None: no grid value can still change; eps
+        = 0, features equal at the points themselves, is checked before any descent)."""
+        below = [g for g in self.grid if 0 < g < eps * (1 - 1e-12)]
+        return max(below) if below else None
+
+    def worth_going_on(self, best: list[float], steps_left: int) -> bool:
+        g = self.target(best[-1])
+        if g is None or steps_left <= 0:
+            return False
+        if len(best) < 2:
+            return True
+        k = min(2, len(best) - 1)
+        rate = (best[-1 - k] - best[-1]) / k
+        return best[-1] - GRID_STOP_SLACK * rate * steps_left <= g
+
+
 @dataclass
 class Patterns:
     """Per-point patterns of the hidden pieces (by name) and the shared pattern of the cut."""
@@ -312,14 +346,17 @@ class PatternDescent:
             sol = backend.solve_min_max_norm(lp.problem, options)
         return lp, sol
 
-    def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> DescentOutcome:
-        """Descend from each start (pairs of points whose patterns seed the search); keep the best."""
+    def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]],
+            stop: GridStop | None = None) -> DescentOutcome:
+        """Descend from each start (pairs of points whose patterns seed the search); keep the best.
+        ``stop``: end a descent when its next steps cannot cross a grid value (None: run each to
+        its local optimum)."""
         t0 = time.perf_counter()
         self._jac.clear()
         best = DescentOutcome(None, None)
         messages, failures = [], []
         for xu, xv in starts:
-            out = self._descend(u, v, self.patterns_at(xu, xv))
+            out = self._descend(u, v, self.patterns_at(xu, xv), stop)
             best.iterations += out.iterations
             best.lp_solves += out.lp_solves
             if out.message:
@@ -336,8 +373,9 @@ class PatternDescent:
         best.failed = "; ".join(dict.fromkeys(failures))
         return best
 
-    def _descend(self, u, v, pat: Patterns) -> DescentOutcome:
+    def _descend(self, u, v, pat: Patterns, stop: GridStop | None = None) -> DescentOutcome:
         out = DescentOutcome(None, None)
+        best: list[float] = []
         seen = {pat.key()}
         risky_pending = False  # the current pattern came from a risky flip of the best one
         warm = None
@@ -367,6 +405,10 @@ class PatternDescent:
                 out.u_adv, out.v_adv, out.objective = u + plan.lift(au), v + plan.lift(av), eps
                 out.problem = lp.problem
                 risky_pending = False
+                best.append(eps)
+                if stop is not None and not stop.worth_going_on(best, self.max_iter - it - 1):
+                    out.message = "stopped: the next steps cannot cross a grid value"
+                    break
             elif self.faithful or risky_pending:
                 break  # no decrease (the paper's stopping rule), or a risky flip did not pay
             hidden, shared_safe, shared_risky = self._moves(lp, x, sol.z, eps, pat)
