@@ -3,7 +3,7 @@
 Target (issue): the affine all-pairs eps for 12,000 points within 3x of a bare numpy matrix
 product of the same size.
 
-``all_pairs_eps(chain, X_a, X_b)`` (fxverify/collision/closed_form.py) projects both sets once
+``all_pairs_eps(plan, X_a, X_b)`` (fxverify/collision/affine.py) projects both sets once
 onto the row space of the first affine map (n x 784 @ 784 x r, r = rank, 300 for linear1; no
 projection at the input cut), then, block by block, forms |a|^2 + |b|^2 - 2 a.b with one matrix
 product, recomputes entries lost to cancellation directly, takes the square root and halves it
@@ -56,19 +56,20 @@ def main() -> int:
 
     limiter = _common.pin_blas()  # noqa: F841  (keeps BLAS on one thread)
     import fxverify
-    from fxverify.collision.chain import chain_of
-    from fxverify.collision.closed_form import DEFAULT_BLOCK, all_pairs_eps, projection
+    from fxverify.collision.affine import DEFAULT_BLOCK, all_pairs_eps, projection, row_space
+    from fxverify.collision.plan import CutPlan
+    from fxverify.norms import get_norm
 
     _common.header("bench_affine: all-pairs closed-form eps vs a bare matrix product")
     net = fxverify.load_model(args.model)
     Xa, Xb, origin = load_points(args.n_per_class, args.data, args.seed)
     n = len(Xa)
     block = args.block or DEFAULT_BLOCK
-    lin, inp = chain_of(net, "linear1"), chain_of(net, "input")
-    V = lin.first_svd.V
+    lin, inp = CutPlan.of(net, "linear1", get_norm("l2")), CutPlan.of(net, "input", get_norm("l2"))
+    V = row_space(lin).V
     r = V.shape[1]
     Pa, Pb = Xa @ V, Xb @ V  # projected data for the bare r-dimensional product (not timed)
-    print(f"{n} + {n} points ({origin}); linear1 is {lin.weights[0].shape[0]} x {lin.weights[0].shape[1]}, "
+    print(f"{n} + {n} points ({origin}); linear1 is {net.node("linear1").weight.shape[0]} x {net.node("linear1").weight.shape[1]}, "
           f"rank r = {r}; block {block}; {args.repeats} repeats, interleaved\n")
 
     methods = {

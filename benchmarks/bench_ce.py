@@ -5,7 +5,7 @@ eps = 5 at the input cut) in <= 5 s.
 
 The points are the first 2000 training images of digits 3 and 7 of the full MNIST IDX files
 (pixels / 255, file order, the convention of the published numbers). The input-cut budget of
-a pair is |u - v| / 2 (``all_pairs_eps`` on ``chain_of(net, 'input')``, exact on pixel data).
+a pair is |u - v| / 2 (``all_pairs_eps`` on the input cut's plan, exact on pixel data).
 Then ``fxverify.bounds.lower_bounds(eps, [g])`` is timed as a whole, and its three stages on
 their own: building the conflict graph, the maximum matching (0-1 bound) and the exact
 cross-entropy optimum (recursive max-flow splitting). Each is repeated R times; medians are
@@ -42,8 +42,9 @@ def main() -> int:
     limiter = _common.pin_blas()  # noqa: F841  (keeps BLAS on one thread)
     import fxverify
     from fxverify.bounds import ce_lower_bound, conflict_graph, lower_bounds, max_matching
-    from fxverify.collision.chain import chain_of
-    from fxverify.collision.closed_form import all_pairs_eps
+    from fxverify.collision.affine import all_pairs_eps
+    from fxverify.collision.plan import CutPlan
+    from fxverify.norms import get_norm
     from fxverify.data import load_idx_dir, select_points
 
     _common.header("bench_ce: exact cross-entropy bound on a large conflict graph")
@@ -55,7 +56,7 @@ def main() -> int:
     pts = select_points(load_idx_dir(args.data, "train"), (3, 7), args.n_per_class)
     n = pts.n
     with _common.timed() as t_eps:
-        E = all_pairs_eps(chain_of(net, "input"), pts.X_a, pts.X_b)
+        E = all_pairs_eps(CutPlan.of(net, "input", get_norm("l2")), pts.X_a, pts.X_b)
     print(f"{args.n_per_class} + {args.n_per_class} points (MNIST 3 vs 7, {args.data}, first in file order); "
           f"input-cut eps matrix {E.shape[0]} x {E.shape[1]}: CPU {t_eps.cpu:.3f} s, wall {t_eps.wall:.3f} s; "
           f"{args.repeats} repeats\n")

@@ -96,14 +96,16 @@ def main() -> int:
     pts = spec.load_points()
     pairs = pick_pairs(args.n_per_class, args.pairs, args.seed)
     profiles, base, cuts = args.profiles, args.profiles[0], tuple(args.cuts)
-    colliders = {p: Collider(net, p) for p in profiles}
+    from fxverify.config import resolve_engine
+
+    colliders = {p: Collider(net, resolve_engine(p)) for p in profiles}
 
     # warm-up outside the measurements: backend imports, SVDs of every chain, relu1's descent
     wu, wv = pts.X_a[0], pts.X_b[-1]
     for p, col in colliders.items():
         col.collide_cuts(wu, wv, ("relu1",))
         for c in cuts:
-            col.chain(c).first_svd
+            col.plan(c).row_space
 
     print(f"model {args.model}; {len(pairs)} pairs from {args.n_per_class} points per class "
           f"({pts.origin}); cuts {', '.join(cuts)}; baseline {base}")

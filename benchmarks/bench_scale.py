@@ -92,8 +92,10 @@ def inprocess_cpu_per_pair(model: str, spec: dict, k: int, pairs: int, solver: s
     sp = parse_spec(dict(spec, n_per_class=k))
     net = fxverify.load_model(model)
     pts = sp.load_points()
-    col = Collider(net, solver or sp.solver)
-    cuts = tuple(c for c in sp.resolve_cuts(net) if col.chain(c).kind not in ("identity", "affine"))
+    from fxverify.config import resolve_engine
+
+    col = Collider(net, resolve_engine(solver or sp.solver))
+    cuts = tuple(c for c in sp.resolve_cuts(net) if col.plan(c).kind not in ("identity", "affine"))
     every = [(i, j) for i in range(k) for j in range(k)]
     todo = every[::max(1, len(every) // pairs)][:pairs]
     col.collide_cuts(pts.X_a[-1], pts.X_b[-1], cuts)  # warm-up: backend imports, SVDs
@@ -121,13 +123,14 @@ def anytime_quality(model: str, spec: dict, k: int, solver: str | None, out: Pat
     from fxverify.analysis import bounds_from_distances
     from fxverify.collision import Collider
     from fxverify.pipeline import Distances, compute_distances, promise_budgets, promise_order
-    from fxverify.profiles import load_profile
     from fxverify.spec import parse_spec
 
     sp = parse_spec(dict(spec, n_per_class=k))
     net = fxverify.load_model(model)
     pts = sp.load_points()
-    profile = load_profile(solver or sp.solver)
+    from fxverify.config import resolve_engine
+
+    profile = resolve_engine(solver or sp.solver)
     d = compute_distances(net, pts, sp.resolve_cuts(net), profile, out)
     if not d.complete:
         raise SystemExit(f"error: the K = {k} store in {out} is incomplete")

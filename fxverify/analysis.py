@@ -34,6 +34,7 @@ class CutBounds:
     method: str
     seconds: float
     note: str = ""
+    pairs_skipped: int = 0  # in pairs_done: left out by the run's pair selection (bounds stay valid)
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,11 @@ def bounds_from_distances(d: Distances, grid, net: Network | None = None) -> tup
         if carried:
             note = (note + "; " if note else "") + f"{carried} pairs take a shallower cut's collision"
         mats[cut] = best
+        if c.n_skipped:
+            note = (note + "; " if note else "") + (f"{c.n_skipped} pairs skipped by the pair selection (they keep "
+                                                    f"the budgets of the cuts that determine this one)")
         out.append(CutBounds(cut, tuple(lower_bounds(best, grid)), c.n_pairs, c.n_done, c.n_failed,
-                             c.n_not_applicable, c.method, c.seconds, note))
+                             c.n_not_applicable, c.method, c.seconds, note, c.n_skipped))
     return out, mats
 
 

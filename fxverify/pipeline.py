@@ -25,7 +25,7 @@ from .data import Points
 from .errors import FxverifyError
 from .ir import Network
 from .results import CollisionStatus
-from .store import ResultStore, fingerprint
+from .store import PairRow, ResultStore, fingerprint
 
 #: pairs of a closed-form cut re-verified one by one (onnxruntime included) when it is computed
 CLOSED_FORM_SAMPLE = 8
@@ -46,6 +46,7 @@ class CutDistances:
     method: str
     seconds: float
     message: str = ""
+    n_skipped: int = 0  # counted in n_done: decided, not computed (see PairSelector)
 
     @property
     def n_pairs(self) -> int:
@@ -100,10 +101,81 @@ def _closed_form(collider: Collider, points: Points, cut: str, store: ResultStor
                      message or f"closed form; {len(flat)} pairs re-verified in onnxruntime")
 
 
+class PairSelector:
+    """Bound-driven pair selection: which pairs a grid-limited run still needs to compute.
+
+    A pair's budget at a cut matters only at grid values where the bounds are not yet at their
+    largest possible values (*saturated*: a matching covering the smaller class, and the
+    cross-entropy optimum of the complete graph). The edges known so far (the computed pairs
+    and, for every pair, the collision of the closed-form cut that determines the cut) give,
+    per cut, the largest unsaturated grid value g*. A pair is skipped when at every paired cut
+    even the smallest ratio of descent budget to closed-form budget seen so far (over at least
+    :attr:`min_observed` computed pairs; pairs run in promise order, so these are near pairs)
+    would leave it above g*. Skipping is sound (any subset of the edges gives valid bounds);
+    how much it loosens the bounds is measured against ``--exhaustive`` runs."""
+
+    min_observed: int = 200
+    #: the saturation check is redone after this many newly observed pairs
+    refresh: int = 1000
+
+    def __init__(self, grid, upper: dict[str, np.ndarray]) -> None:
+        from .bounds import lower_bounds
+
+        self.grid = tuple(sorted(float(g) for g in grid))
+        self.cuts = tuple(upper)
+        # per cut, the closed-form budgets of the cut that determines it: upper bounds there
+        self.upper = {c: np.asarray(m, dtype=float) for c, m in upper.items()}
+        n_a, n_b = next(iter(self.upper.values())).shape
+        top = lower_bounds(np.zeros((n_a, n_b)), [max(self.grid)])[0]
+        self._max01, self._maxce = top.loss01_lower, top.ce_lower
+        self.eps = {c: m.copy() for c, m in self.upper.items()}
+        self.ratio_min = {c: np.inf for c in self.cuts}
+        self.observed = 0
+        self._since = 0
+        self.g_star = {c: max(self.grid) for c in self.cuts}
+        self.skipped = 0
+
+    def observe(self, rows) -> None:
+        seen = set()
+        for r in rows:
+            if r.cut not in self.eps or r.status != CollisionStatus.FOUND.value:
+                continue
+            u = self.upper[r.cut][r.i, r.j]
+            self.eps[r.cut][r.i, r.j] = min(self.eps[r.cut][r.i, r.j], r.eps)
+            if u > 0 and math.isfinite(u):
+                self.ratio_min[r.cut] = min(self.ratio_min[r.cut], r.eps / u)
+            seen.add((r.i, r.j))
+        self.observed += len(seen)
+        self._since += len(seen)
+        if self._since >= self.refresh:
+            self._saturation()
+
+    def _saturation(self) -> None:
+        from .bounds import lower_bounds
+
+        self._since = 0
+        for c in self.cuts:
+            recs = lower_bounds(self.eps[c], self.grid)
+            open_ = [r.eps for r in recs if r.eps > 0 and not (r.loss01_lower >= self._max01 - 1e-12
+                                                               and r.ce_lower >= self._maxce - 1e-9)]
+            self.g_star[c] = max(open_) if open_ else None
+
+    def wanted(self, i: int, j: int) -> bool:
+        if self.observed < self.min_observed:
+            return True
+        for c in self.cuts:
+            g = self.g_star[c]
+            if g is not None and self.ratio_min[c] * self.upper[c][i, j] <= g:
+                return True
+        self.skipped += 1
+        return False
+
+
 #: orders in which the descent pairs can be computed (see :func:`compute_distances`)
 ORDERS = ("promise", "file")
 
-#: pairs per task sent to a worker (small: a stop after the time budget wastes little)
+#: pairs per task sent to a worker (small: a stop after the time budget wastes little); fewer
+#: when there are few pairs, so that every worker gets some
 CHUNK = 4
 
 
@@ -212,11 +284,35 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
             deadline = None if time_budget is None else \
                 time.monotonic() + time_budget - (time.perf_counter() - t_start)
 
+            selector = None
+            if grid is not None:
+                selector = PairSelector(grid, {c: promise_budgets(collider, points, c, store) for c in paired})
+                for c in paired:
+                    selector.observe(store.pair_rows(c))
+                selector._saturation()
+
+            def skip_rows(pairs):
+                return [PairRow(c, i, j, math.inf, CollisionStatus.SKIPPED.value, engine.method, engine.name, 0.0,
+                                math.nan, math.nan, 0, "skipped: by the run's pair selection it cannot change a bound")
+                        for i, j in pairs for c in paired]
+
+            pending_skips: list = []
+
             def chunks():
-                for k in range(0, len(todo), CHUNK):
+                size = max(1, min(CHUNK, len(todo) // (4 * max(1, getattr(executor, "workers", 1)))))
+                batch = []
+                for pair in todo:
                     if deadline is not None and time.monotonic() >= deadline:
                         return
-                    yield tuple(todo[k:k + CHUNK])
+                    if selector is not None and not selector.wanted(*pair):
+                        pending_skips.append(pair)
+                        continue
+                    batch.append(pair)
+                    if len(batch) == size:
+                        yield tuple(batch)
+                        batch = []
+                if batch:
+                    yield tuple(batch)
 
             n_done = len(done)
             if todo:
@@ -225,7 +321,12 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                 running = executor.run(job, chunks(), net=net, **({} if deadline is None else {"deadline": deadline}))
                 try:
                     for rows in running:
+                        if pending_skips:  # decided while this task ran: stored with it
+                            rows = rows + skip_rows(pending_skips)
+                            pending_skips.clear()
                         store.add_pairs(rows)
+                        if selector is not None:
+                            selector.observe(rows)
                         n_done += len(rows) // len(paired)
                         if progress:
                             progress("descent", n_done, total)
@@ -233,6 +334,9 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                     close = getattr(running, "close", None)  # a generator: stops the workers now
                     if close is not None:                    # (also on an error or an interrupt)
                         close()
+                if pending_skips:
+                    store.add_pairs(skip_rows(pending_skips))
+                    pending_skips.clear()
         by_cut = {}
         for cut in cuts:
             if cut in closed:
@@ -254,5 +358,5 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                 plan = collider.plan(cut)
                 method = engine.method if plan.kind == "pieces" else "lp"
                 by_cut[cut] = CutDistances(cut, eps, computed, counts["found"], counts["failed"],
-                                           counts["not-applicable"], method, seconds, "")
+                                           counts["not-applicable"], method, seconds, "", counts["skipped"])
     return Distances(cuts, by_cut, n_a, n_b)

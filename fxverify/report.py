@@ -119,6 +119,7 @@ def results_document(a: Analysis) -> dict:
         "seconds": round(a.seconds, 3),
         "cuts": [{"cut": c.cut, "method": c.method, "pairs_total": c.pairs_total, "pairs_done": c.pairs_done,
                   "pairs_failed": c.pairs_failed, "pairs_not_applicable": c.pairs_not_applicable,
+                  "pairs_skipped": c.pairs_skipped,
                   "solver_seconds": round(c.seconds, 3), "note": c.note} for c in a.cuts],
         "results": [{k: _json_number(v) for k, v in r.items()} for r in a.records()],
     }

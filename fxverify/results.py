@@ -13,6 +13,7 @@ class CollisionStatus(str, enum.Enum):
     FOUND = "found"  # a verified collision: an edge for every eps >= its eps
     FAILED = "failed"  # the method ran but produced no verified collision (never an edge)
     NOT_APPLICABLE = "not-applicable"  # the method cannot handle this cut
+    SKIPPED = "skipped"  # not computed: by the run's measured rule it cannot change any bound
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,8 @@ class Collider:
                          iterations=iterations, seconds=time.perf_counter() - t0, message=message)
 
     def collide(self, cut: str, u, v) -> Collision:
-        """One pair at one cut. The descent also runs at the cuts that determine this one (its
-        dominators) and keeps the best collision found."""
+        """One pair at one cut. The descent keeps the collision of a closed-form cut that
+        determines this one when it is better."""
         if self.method == "descent":
             return self.collide_cuts(u, v, (cut,))[cut]
         u, v = self._point(u, "u"), self._point(v, "v")
@@ -240,10 +240,10 @@ class Collider:
                        message="; ".join(notes))
 
     def collide_cuts(self, u, v, cuts: tuple[str, ...] | None = None, grid=None) -> dict[str, Collision]:
-        """All requested cuts (default: every cut) for one pair. The descent computes, for each,
-        the cuts that determine it (in network order; each cut's descent may start from the best
-        collision found at those) -- so this is the one place the walk over shallower cuts is
-        decided. ``grid``: the budgets the results are for; a descent stops when its next steps
+        """All requested cuts (default: every cut) for one pair, in network order. The collision
+        of a cut that determines another (requested, or with a closed form) is one there too:
+        each descent may start from the best of those and keeps it when it is better -- this is
+        the one place the walk over shallower cuts is decided. ``grid``: the budgets the results are for; a descent stops when its next steps
         cannot cross one of them (:class:`~fxverify.collision.descent.GridStop`; None: every
         descent runs to its local optimum)."""
         stop = None if grid is None else GridStop(tuple(sorted(float(g) for g in grid)))
@@ -253,15 +253,17 @@ class Collider:
             self.net.cut_index(c)
         if self.method != "descent":
             return {c: self._collide(c, u, v, None) for c in wanted}
-        need = set()
+        # the requested cuts, and the cuts with a closed form that determine them (cheap): each
+        # descent may start from, and keeps, the best collision among those
+        need = set(wanted)
         for c in wanted:
-            need.update(self.net.dominators(c))
+            need.update(d for d in self.net.dominators(c) if closed_form(self.plan(d)))
         out: dict[str, Collision] = {}
         for cut in (c for c in self.net.cuts if c in need):
             best = None
             for dom in self.net.dominators(cut)[:-1]:
-                r = out[dom]
-                if r.status is CollisionStatus.FOUND and (best is None or r.eps <= best.eps):
+                r = out.get(dom)
+                if r is not None and r.status is CollisionStatus.FOUND and (best is None or r.eps <= best.eps):
                     best = r
             out[cut] = self._collide(cut, u, v, best, stop)
         return {c: out[c] for c in wanted}
@@ -279,8 +281,8 @@ def collide(network: Network, cut: str, u, v, method: str | None = None, solver:
     ``method``: ``descent`` (default), ``faithful``, ``closed_form`` or ``exact``; ``solver``: a
     profile name or file, or a backend name (default: the ``descent-activeset`` profile;
     ``exact-scip`` for the exact method); ``norm``: ``"l2"`` (default), ``"linf"`` or ``"l1"``;
-    ``domain``: ``(lo, hi)`` keeps the perturbed points in that box (e.g. ``(0, 1)``). The descent
-    also runs at the cuts that determine ``cut``, so the result is never worse than theirs.
+    ``domain``: ``(lo, hi)`` keeps the perturbed points in that box (e.g. ``(0, 1)``). The result
+    is never worse than the closed forms of the cuts that determine ``cut`` (input, linear maps).
     Everything a network shares across calls (row spaces, onnxruntime sessions) is cached.
     """
     key = (method, solver, check_solver, norm, None if domain is None else tuple(float(x) for x in domain))
