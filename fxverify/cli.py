@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -44,6 +45,48 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+class _WatchedStdout:
+    """``sys.stdout`` that remembers a failed write (a full disk or device, a closed pipe), so
+    that the command ends with one error line instead of a traceback."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.error: OSError | None = None
+
+    def write(self, text):
+        try:
+            return self._inner.write(text)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        try:
+            return self._inner.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _stdout_failed() -> OSError | None:
+    return sys.stdout.error if isinstance(sys.stdout, _WatchedStdout) else None
+
+
+def _stdout_error_exit(err: OSError) -> None:
+    """Send what is left for stdout to /dev/null (no second error at exit) and end with one line."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    print(f"error: cannot write to standard output: {err.strerror or err}", file=sys.stderr)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
 def user_errors(fn):
     """Turn an FxverifyError into one line on stderr and exit code 2 (no traceback); Ctrl-C and
     SIGTERM end the command cleanly with one line (exit codes 130 and 143)."""
@@ -64,6 +107,10 @@ def user_errors(fn):
         except Terminated:
             print("error: terminated (SIGTERM); results stored so far are kept", file=sys.stderr)
             raise typer.Exit(128 + signal.SIGTERM) from None
+        except OSError as err:
+            if _stdout_failed() is None:
+                raise
+            _stdout_error_exit(err)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -354,7 +401,20 @@ def collide(model: ModelArg, spec: SpecOpt,
     from .config import resolve_engine
     from .errors import SpecError
 
-    run = _resolve(spec, solver, solver_option, n=n, classes=classes, norm=norm)
+    from .profiles import METHODS
+
+    if method is not None and method not in METHODS:
+        raise SpecError(f"--method {method!r} is not a collision method; methods: {', '.join(METHODS)}")
+    chosen = solver
+    if method is not None and solver is not None:
+        # --solver is read for --method (a backend name such as gurobi is an exact solver with
+        # --method exact), not first as a descent profile
+        from .profiles import load_profile
+
+        chosen = load_profile(solver, method)
+        if solver_option:
+            chosen = chosen.with_overrides(_overrides(solver_option))
+    run = _resolve(spec, chosen, None if chosen is not solver else solver_option, n=n, classes=classes, norm=norm)
     engine = run.engine
     if method not in (None, engine.method) or check_solver is not None:
         from .config import DEFAULT_EXACT_PROFILE
@@ -463,7 +523,12 @@ def gap(model: ModelArg, spec: SpecOpt,
     from .gap import gap_study
     from .profiles import load_profile
 
+    from .errors import SpecError
+
     run = _resolve(spec, descent, None, n=n, classes=classes, norm=norm)
+    if run.engine.method == "exact":
+        raise SpecError(f"--descent {descent!r} is an exact profile; gap measures a descent (or faithful) profile "
+                        f"against --solver")
     exact = load_profile(solver, "exact")
     if solver_option:
         exact = exact.with_overrides(_overrides(solver_option))
@@ -472,10 +537,21 @@ def gap(model: ModelArg, spec: SpecOpt,
     exact_engine = resolve_engine(exact, run.spec.norm, run.engine.domain, method="exact")
     net, points = _prepare(model, run)
     net.cut_index(cut)
+    available = len(points.X_a) * len(points.X_b)
+    if pairs > available:
+        raise SpecError(f"--pairs {pairs} but the spec selects only {available} cross-class pairs "
+                        f"({len(points.X_a)} x {len(points.X_b)}); lower --pairs or raise --n")
+    out = out or Path("out") / f"gap_{model.stem}_{cut}"
+    try:  # before the solves: an unwritable --out is an error now, not after minutes of work
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FxverifyError(f"cannot create output directory {out}: {err.strerror or err}") from None
     with _progress() as report:
         rep = gap_study(net, points, cut, pairs, exact_engine, run.engine, progress=report)
-    out = out or Path("out") / f"gap_{model.stem}_{cut}"
-    paths = rep.write(out)
+    try:
+        paths = rep.write(out)
+    except OSError as err:
+        raise FxverifyError(f"cannot write the gap study to {out}: {err.strerror or err}") from None
     con = _console()
     t = Table(show_edge=False, header_style="bold")
     for col_name in ("pair", "descent eps", "exact eps*", "proven lower", "status", "rel. gap", "descent s", "exact s"):
@@ -549,8 +625,12 @@ def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: Solver
         d = compute_distances(net, points, run.spec.resolve_cuts(net), run.engine, out, progress=report,
                               time_budget=run.time_budget, info={"spec": run.spec.to_dict()}, executor=ex,
                               order=run.order, normalize=run.spec.normalize)
-    np.savez_compressed(out / "distances.npz", **{c: d.by_cut[c].eps for c in d.cuts},
-                        index_a=points.index_a, index_b=points.index_b)
+    try:
+        np.savez_compressed(out / "distances.npz", **{c: d.by_cut[c].eps for c in d.cuts},
+                            index_a=points.index_a, index_b=points.index_b)
+    except OSError as err:
+        raise FxverifyError(f"cannot write {out / 'distances.npz'}: {err.strerror or err}; the distances are "
+                            f"stored in {out / 'results.sqlite'}") from None
     con = _console()
     _print_distances(d, con)
     con.print(f"stored in {escape(str(out))} (results.sqlite, distances.npz)"
@@ -656,11 +736,57 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
     con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
 
 
+def _click_errors() -> tuple[type, type]:
+    """(UsageError, ClickException) of the click typer runs on: typer >= 0.29 vendors click as
+    ``typer._click``, older typer uses ``click`` itself; both are ``typer.BadParameter``'s bases."""
+    mro = {c.__name__: c for c in typer.BadParameter.__mro__}
+    return mro["UsageError"], mro["ClickException"]
+
+
+def _usage_error_line(err) -> str:
+    """A usage error (unknown option, missing argument, a value of the wrong type) as one line,
+    instead of typer's multi-line box."""
+    msg = " ".join(str(err.format_message()).split())
+    ctx = getattr(err, "ctx", None)
+    path = getattr(ctx, "command_path", "") if ctx is not None else ""
+    if path:
+        msg += f" (see '{path} --help')"
+    return f"error: {msg}"
+
+
 def run() -> None:  # console-script entry point
     # one BLAS thread in this process too (workers have theirs): the descent's LPs are small
     # dense problems on which threaded BLAS only contends (on a loaded machine, by a factor of
     # ten and more)
     from .executors import _one_blas_thread
 
+    usage_error, click_error = _click_errors()
+    sys.stdout = _WatchedStdout(sys.stdout)
     with _one_blas_thread():
-        app()
+        try:
+            code = app(standalone_mode=False)
+            sys.stdout.flush()  # output still buffered must reach its file now, or be one error line
+        except typer.Exit as exit_:
+            code = exit_.exit_code
+        except OSError as err:
+            if _stdout_failed() is None:
+                raise
+            try:
+                _stdout_error_exit(err)
+            except typer.Exit as exit_:
+                code = exit_.exit_code
+        except usage_error as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `fxverify`: typer printed the help
+                text = str(err.format_message()).strip()
+                if text:
+                    print(text)
+            else:
+                print(_usage_error_line(err), file=sys.stderr)
+            code = EXIT_USER_ERROR
+        except click_error as err:
+            print(f"error: {' '.join(str(err.format_message()).split())}", file=sys.stderr)
+            code = EXIT_USER_ERROR
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            code = 1
+    sys.exit(code if isinstance(code, int) else 0)

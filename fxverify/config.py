@@ -141,6 +141,7 @@ def resolve_engine(solver: str | SolverProfile | None = None, norm: str | Norm |
         a = b.availability()
         if not a:
             raise SolverError(f"backend {b.name!r} is not usable: {b.availability_detail()}")
+        b.check_options(profile.options)
         descent = resolve_engine(DEFAULT_PROFILE, norm, domain)
         return Engine(profile, "exact", norm, domain, lp=descent.lp, lp_options=descent.lp_options,
                       fallbacks=descent.fallbacks, exact=b, exact_options=profile.options, descent=descent,

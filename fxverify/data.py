@@ -23,6 +23,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -100,6 +101,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     declares more data than the file holds (or absurd sizes) is an error, never an allocation."""
     p = Path(path)
     gz = p.suffix == ".gz"
+    if p.exists() and not p.is_file():  # a directory, FIFO or device: opening a FIFO blocks
+        raise DataError(f"{p} is not a regular file; an IDX file is expected")
     try:
         with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
             head = f.read(4)
@@ -124,7 +127,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"IDX file not found: {p}") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # zlib.error: a corrupt deflate stream
         raise DataError(f"cannot read IDX file {p}: {err}") from None
     if len(data) != need:
         size = header + len(data) if len(data) <= need else "more than " + str(header + need)
@@ -145,6 +148,8 @@ def _find_idx(directory: Path, split: str, kind: str, rank: int) -> Path:
 
 def load_idx_dir(directory: str | Path, split: str = "train") -> Dataset:
     d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise DataError(f"IDX directory {d} is not a directory (idx_dir names the folder holding the IDX files)")
     if not d.is_dir():
         raise DataError(f"IDX directory not found: {d}")
     ip, lp = _find_idx(d, split, "images", 3), _find_idx(d, split, "labels", 1)
@@ -162,6 +167,8 @@ def load_npz(path: str | Path, layout: str | None = None) -> Dataset:
     """Read ``X`` (n x d, n x h x w, or 4-D with ``layout`` "NCHW" / "NHWC"), ``y`` and the
     optional ``index`` (each image's position in its original file, default 0..n-1)."""
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise DataError(f"npz path {p} is not a regular file (a directory, FIFO or device)")
     if not p.is_file():
         raise DataError(f"npz file not found: {p}")
     if layout is not None and layout not in LAYOUTS:

@@ -69,16 +69,19 @@ class _Worker:
         self.collider = Collider(net, job.engine)
 
     def run(self, chunk: Chunk, deadline: float | None = None):
-        """Rows of every pair of ``chunk`` at every cut; with a ``deadline``, only the pairs
-        started before it (each pair whole)."""
+        """Rows of every pair of ``chunk`` at its cuts (an item (i, j): every cut of the job;
+        (i, j, cuts): those); with a ``deadline``, only the pairs started before it (each pair
+        whole)."""
         from .store import PairRow
 
         rows = []
-        for i, j in chunk:
+        for item in chunk:
             if _past(deadline):
                 break
-            res = self.collider.collide_cuts(self.job.X_a[i], self.job.X_b[j], self.job.cuts, grid=self.job.grid)
-            rows.extend(PairRow.of(res[c], i, j) for c in self.job.cuts)
+            i, j = item[0], item[1]
+            cuts = tuple(item[2]) if len(item) > 2 else self.job.cuts
+            res = self.collider.collide_cuts(self.job.X_a[i], self.job.X_b[j], cuts, grid=self.job.grid)
+            rows.extend(PairRow.of(res[c], i, j) for c in cuts)
         return rows
 
 

@@ -898,7 +898,12 @@ def _read(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes]:
         raise ModelError(f"model file not found: {p}")
     if p.is_dir():
         raise ModelError(f"model path is a directory, not an ONNX file: {p}")
-    raw = p.read_bytes()
+    if not p.is_file():  # a FIFO or device: reading it could block forever
+        raise ModelError(f"model path is not a regular file (a FIFO, socket or device?): {p}")
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ModelError(f"cannot read model file {p}: {err.strerror or err}") from None
     if not raw:
         raise ModelError(f"{p} is empty, not an ONNX model")
     try:
@@ -950,6 +955,9 @@ def _input_of(model: onnx.ModelProto, path) -> tuple[str, tuple, tuple[int, ...]
         if dim.HasField("dim_value") and dim.dim_value > 0:
             onnx_shape.append(int(dim.dim_value))
             full.append(int(dim.dim_value))
+        elif dim.HasField("dim_value") and (dim.dim_value < 0 or k > 0):  # 0 or negative: no data
+            raise ModelError(f"{path}: input {inp.name!r} has dimension {k} of size {dim.dim_value}; fxverify needs "
+                             f"a non-empty input")
         elif k == 0:  # a symbolic or unknown batch axis: analyse one sample at a time
             onnx_shape.append(dim.dim_param or "?")
             full.append(1)

@@ -160,15 +160,14 @@ class PairSelector:
                                                                and r.ce_lower >= self._maxce - 1e-9)]
             self.g_star[c] = max(open_) if open_ else None
 
-    def wanted(self, i: int, j: int) -> bool:
+    def wanted(self, i: int, j: int) -> tuple[str, ...]:
+        """The cuts at which the pair may still change a bound (all until enough are observed)."""
         if self.observed < self.min_observed:
-            return True
-        for c in self.cuts:
-            g = self.g_star[c]
-            if g is not None and self.ratio_min[c] * self.upper[c][i, j] <= g:
-                return True
-        self.skipped += 1
-        return False
+            return self.cuts
+        out = tuple(c for c in self.cuts if self.g_star[c] is not None
+                    and self.ratio_min[c] * self.upper[c][i, j] <= self.g_star[c])
+        self.skipped += len(self.cuts) - len(out)
+        return out
 
 
 #: orders in which the descent pairs can be computed (see :func:`compute_distances`)
@@ -217,7 +216,8 @@ def promise_budgets(collider: Collider, points: Points, first_paired: str,
     doms = collider.net.dominators(first_paired)[:-1]
     shallow = [c for c in doms if closed_form(collider.plan(c))]
     cut = shallow[-1] if shallow else "input"
-    stored = store.matrix(cut) if store is not None else None
+    shape = (len(points.X_a), len(points.X_b))
+    stored = store.matrix(cut, shape) if store is not None else None
     if stored is not None and np.isfinite(stored[0]).all():
         return stored[0]
     return all_pairs_eps(collider.plan(cut), points.X_a, points.X_b)
@@ -260,7 +260,7 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
         for k, cut in enumerate(closed):
             if progress:
                 progress(f"closed form {cut}", k, len(closed))
-            if store.matrix(cut) is None:
+            if store.matrix(cut, (n_a, n_b)) is None:
                 _closed_form(collider, points, cut, store)
         if progress and closed:
             progress("closed form", len(closed), len(closed))
@@ -291,10 +291,10 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                     selector.observe(store.pair_rows(c))
                 selector._saturation()
 
-            def skip_rows(pairs):
+            def skip_rows(items):
                 return [PairRow(c, i, j, math.inf, CollisionStatus.SKIPPED.value, engine.method, engine.name, 0.0,
                                 math.nan, math.nan, 0, "skipped: by the run's pair selection it cannot change a bound")
-                        for i, j in pairs for c in paired]
+                        for i, j, cuts in items for c in cuts]
 
             pending_skips: list = []
 
@@ -304,9 +304,13 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                 for pair in todo:
                     if deadline is not None and time.monotonic() >= deadline:
                         return
-                    if selector is not None and not selector.wanted(*pair):
-                        pending_skips.append(pair)
-                        continue
+                    if selector is not None:
+                        cuts = selector.wanted(*pair)
+                        if len(cuts) < len(paired):
+                            pending_skips.append((*pair, tuple(c for c in paired if c not in cuts)))
+                        if not cuts:
+                            continue
+                        pair = (*pair, cuts)
                     batch.append(pair)
                     if len(batch) == size:
                         yield tuple(batch)
@@ -327,7 +331,7 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                         store.add_pairs(rows)
                         if selector is not None:
                             selector.observe(rows)
-                        n_done += len(rows) // len(paired)
+                        n_done += len({(r.i, r.j) for r in rows})
                         if progress:
                             progress("descent", n_done, total)
                 finally:
@@ -340,7 +344,7 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
         by_cut = {}
         for cut in cuts:
             if cut in closed:
-                eps, method, seconds, message = store.matrix(cut)
+                eps, method, seconds, message = store.matrix(cut, (n_a, n_b))
                 computed = np.ones((n_a, n_b), dtype=bool)
                 found = int(np.isfinite(eps).sum())
                 by_cut[cut] = CutDistances(cut, eps, computed, found, eps.size - found, 0, method, seconds, message)

@@ -9,6 +9,7 @@ profile name, a backend name (the backend with default options).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -110,6 +111,17 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
     if errors:
         e = max(errors, key=jsonschema.exceptions.relevance)
         raise SolverError(f"solver profile {source}: invalid at {_format_path(e.absolute_path)}: {e.message}")
+    for key in ("time_limit", "rel_gap"):  # the schema's ranges let NaN through (every comparison is false)
+        value = doc.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SolverError(f"solver profile {source}: invalid at {key}: {value!r} is not a finite number")
+    from .backends.registry import discover
+
+    known = discover()[0]  # (a broken plugin is warned about where it is used, not here)
+    lp_backend = doc.get("lp_backend", DEFAULT_LP_BACKEND)
+    if lp_backend not in known:  # checked whatever the norm: an l2 run never uses it, but it is wrong
+        raise SolverError(f"solver profile {source}: invalid at lp_backend: unknown solver backend {lp_backend!r}; "
+                          f"available: {', '.join(sorted(known))}")
     opts = SolverOptions(time_limit=doc.get("time_limit"), rel_gap=doc.get("rel_gap"), threads=doc.get("threads"),
                          native=dict(doc.get("options", {})))
     fb = doc.get("fallback") or []
@@ -125,8 +137,11 @@ def _read(raw: bytes, source: str) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SolverError(f"solver profile {source} is not a text file (not UTF-8)") from None
+    def reject(name: str):
+        raise SolverError(f"solver profile {source} contains {name}, which is not a valid number")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=reject)
     except json.JSONDecodeError as err:
         raise SolverError(f"solver profile {source} is not valid JSON: {err.msg} at line {err.lineno}") from None
     except RecursionError:

@@ -167,8 +167,15 @@ def validate(doc: Any, where: str = "spec") -> None:
             branches: dict = {}
             for sub in err.context:
                 branches.setdefault(sub.schema_path[0], []).append(sub)
-            matched = [b for b in branches.values() if not any(e.validator == "const" for e in b)]
-            pool = [e for b in (matched or branches.values()) for e in b]
+            matched = [b for b in branches.values() if not any(e.validator == "const" for e in b)] \
+                or list(branches.values())
+            # a branch that wants another type for the value itself is the wrong branch when
+            # another branch takes the type and fails on something else (e.g. std 0: "must be
+            # > 0", not "is not of type 'array'")
+            depth = len(err.absolute_path)
+            typed = [b for b in matched if not any(e.validator == "type" and len(e.absolute_path) == depth
+                                                   for e in b)]
+            pool = [e for b in (typed or matched) for e in b]
             # the deepest error is in the branch that got furthest into the document
             err = max(pool, key=lambda e: (len(e.absolute_path), jsonschema.exceptions.relevance(e)))
         raise SpecError(f"{where}: invalid at {_format_path(err.absolute_path)}: {err.message}")
@@ -238,6 +245,10 @@ def _domain(doc: list | None, where: str) -> tuple[float, float] | None:
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file."""
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"spec file not found: {p} is a directory")
+    if p.exists() and not p.is_file():  # a FIFO or device: reading it could block
+        raise SpecError(f"spec path is not a regular file: {p}")
     if not p.is_file():
         raise SpecError(f"spec file not found: {p}")
     try:

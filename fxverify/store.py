@@ -239,7 +239,11 @@ class ResultStore:
         self._transaction(lambda: self.db.execute("INSERT OR REPLACE INTO matrices VALUES (?, ?, ?, ?, ?, ?)",
                                                   (cut, name, digest, method, seconds, message)))
 
-    def matrix(self, cut: str) -> tuple[np.ndarray, str, float, str] | None:
+    def matrix(self, cut: str, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, str, float, str] | None:
+        """The closed-form budgets stored for ``cut`` (None: not stored, or the file is missing
+        or does not match its recorded sha256, so it is recomputed). A file that matches its
+        sha256 but is not a matrix of budgets (2-D, float, no NaN; of ``shape`` when given) is a
+        damaged store: StoreError."""
         with self._checked():
             row = self.db.execute("SELECT file, sha256, method, seconds, message FROM matrices WHERE cut = ?",
                                   (cut,)).fetchone()
@@ -249,6 +253,16 @@ class ResultStore:
         try:
             if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != row[1]:
                 return None  # missing or damaged: recompute
-            return np.load(p), row[2], row[3], row[4]
+            eps = np.load(p, allow_pickle=False)
         except OSError as err:
             raise StoreError(f"cannot read {p}: {err.strerror or err}") from None
+        except Exception as err:  # numpy raises ValueError and others for a file that is not .npy
+            raise StoreError(f"{p} (closed-form budgets at {cut}) is damaged: {err}; delete {self.dir} or use "
+                             f"another --out directory") from None
+        if (not isinstance(eps, np.ndarray) or eps.ndim != 2 or eps.dtype.kind != "f" or np.isnan(eps).any()
+                or (shape is not None and eps.shape != tuple(shape))):
+            got = f"{getattr(eps, 'dtype', type(eps).__name__)} array of shape {getattr(eps, 'shape', '?')}"
+            raise StoreError(f"{p} (closed-form budgets at {cut}) is damaged: a {got}"
+                             + (f", expected {tuple(shape)}" if shape is not None else "")
+                             + f"; delete {self.dir} or use another --out directory")
+        return eps, row[2], row[3], row[4]

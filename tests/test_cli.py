@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def fx(*args, cwd=None):
 
 def assert_user_error(res, *fragments):
     assert res.returncode == 2, (res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    assert "Traceback" not in res.stderr and "Traceback" not in (res.stdout or "")
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     for f in fragments:
@@ -250,7 +251,7 @@ def test_solver_options_override_the_profile_from_the_command_line(tmp_path, tin
 def _error_line(res, *fragments, code=2):
     """Exactly one `error:` line on stderr (after any plain progress lines), no traceback."""
     assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    assert "Traceback" not in res.stderr and "Traceback" not in (res.stdout or "")
     lines = res.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], res.stderr
@@ -492,3 +493,56 @@ def test_plain_progress_prints_nothing_for_a_short_run_and_ticks_for_a_long_one(
     lines = err.getvalue().splitlines()
     assert lines[0].startswith("progress: descent: 3/10 pairs (30%), ") and "ETA" in lines[0]
     assert lines[-1].startswith("progress: descent: 10/10 pairs (100%)")
+
+
+def test_usage_errors_are_one_error_line(tmp_path, tiny_model):
+    """Fault sweep: typer's usage errors (a missing option, a value of the wrong type, an
+    unknown option or command) were multi-line boxes; now one `error:` line, exit 2."""
+    spec = _small_spec(tmp_path)
+    for args, fragment in [(("collide", tiny_model, "--spec", spec), "Missing option '--cut'"),
+                           (("bound", tiny_model, "--spec", spec, "--jobs", "abc"), "Invalid value for '--jobs'"),
+                           (("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", "0"), "--pair"),
+                           (("inspect", tiny_model, "--bogus"), "No such option: --bogus"),
+                           (("frobnicate",), "No such command 'frobnicate'")]:
+        assert_user_error(fx(*args), fragment)
+    bare = fx()  # no arguments: the help, as before
+    assert bare.returncode == 2 and "Usage" in bare.stdout and not bare.stderr.strip()
+    assert fx("--version").returncode == 0 and fx("bound", "--help").returncode == 0
+
+
+def test_collide_checks_method_and_reads_solver_for_it(tmp_path, tiny_model):
+    """Fault sweep: `--method bogus` ran a descent labelled "bogus" (exit 0); `--solver gurobi
+    --method exact` was resolved as a descent profile first and refused for the wrong reason."""
+    spec = _small_spec(tmp_path)
+    pair = ("collide", tiny_model, "--spec", spec, "--cut", "relu1", "--pair", "0", "0")
+    assert_user_error(fx(*pair, "--method", "bogus"), "--method 'bogus' is not a collision method")
+    pytest.importorskip("gurobipy")
+    res = fx(*pair, "--method", "exact", "--solver", "gurobi")
+    assert res.returncode == 0, res.stderr
+    assert "exact: optimal" in res.stdout
+
+
+def test_gap_validates_its_options_before_solving(tmp_path, tiny_model):
+    """Fault sweep: `--descent exact-scip` measured the exact method against itself, `--pairs`
+    beyond the pairs there are was cut silently, an unwritable --out was a traceback."""
+    spec = _small_spec(tmp_path, n_per_class=2)
+    gap = ("gap", tiny_model, "--spec", spec, "--cut", "relu1")
+    assert_user_error(fx(*gap, "--descent", "exact-scip", "--out", tmp_path / "g1"), "--descent 'exact-scip'")
+    assert_user_error(fx(*gap, "--pairs", "1000", "--out", tmp_path / "g2"), "--pairs 1000", "only 4")
+    (tmp_path / "file").write_text("x")
+    assert_user_error(fx(*gap, "--pairs", "1", "--out", tmp_path / "file" / "sub"), "cannot create output directory")
+
+
+def test_unwritable_distances_npz_and_stdout_are_one_error_line(tmp_path, tiny_model):
+    spec = _small_spec(tmp_path, cuts=["input", "linear1"])
+    out = tmp_path / "out"
+    (out / "distances.npz").mkdir(parents=True)
+    assert_user_error(fx("distances", tiny_model, "--spec", spec, "--out", out, "--jobs", "1"),
+                      "cannot write", "distances.npz")
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    for args in (("inspect", tiny_model), ("solvers", "--json"), ("--version",)):
+        with open("/dev/full", "wb") as full:
+            res = subprocess.run([sys.executable, "-m", "fxverify", *map(str, args)], stdout=full,
+                                 stderr=subprocess.PIPE, text=True, timeout=300)
+        assert_user_error(res, "cannot write to standard output")

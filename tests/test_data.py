@@ -281,3 +281,26 @@ def test_npz_4d_needs_a_layout(tmp_path):
         load_npz(p, "CHW")
     with pytest.raises(DataError, match=r"X has shape \(6, 3, 4, 5, 1\)"):
         load_npz(_save(tmp_path / "five.npz", X=X[..., None], y=y), "NCHW")
+
+
+def test_idx_files_that_are_not_regular_files_or_not_gzip_are_one_error(tmp_path):
+    """Fault sweep: a corrupt deflate stream (zlib.error) and a FIFO (open() would block
+    forever) are DataErrors; so is an idx_dir or npz path of the wrong kind."""
+    import os
+
+    X = np.zeros((2, 3, 3), np.uint8)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage-after-gzip-magic" * 5)
+    with pytest.raises(DataError, match="cannot read IDX file .*decompressing"):
+        read_idx(tmp_path / "train-images-idx3-ubyte.gz")
+    fifo = tmp_path / "fifo" / "train-images-idx3-ubyte"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    (fifo.parent / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(2, np.uint8)))
+    with pytest.raises(DataError, match="is not a regular file"):
+        load_idx_dir(fifo.parent)
+    (tmp_path / "afile").write_bytes(_idx_bytes(X))
+    with pytest.raises(DataError, match="is not a directory"):
+        load_idx_dir(tmp_path / "afile")
+    (tmp_path / "adir.npz").mkdir()
+    with pytest.raises(DataError, match="is not a regular file"):
+        load_npz(tmp_path / "adir.npz")

@@ -446,3 +446,17 @@ def test_disagreement_with_onnxruntime_fails_the_load(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_import, "_transpose", broken_transpose)
     with pytest.raises(AgreementError, match="disagrees with onnxruntime at cut"):
         fxverify.load_model(p)
+
+
+def test_a_fifo_or_device_is_refused_before_reading_and_empty_dims_are_named(tmp_path):
+    """Fault sweep: reading a FIFO as a model blocked forever; an input dimension of size 0 was
+    reported as "dynamic"."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.onnx")
+    for path in (tmp_path / "fifo.onnx", "/dev/null"):
+        with pytest.raises(ModelError, match="not a regular file"):
+            fxverify.load_model(path)
+    zero = save(tmp_path, make([helper.make_node("Relu", ["x"], ["y"])], ["N", 0], out_shape=["N", 0]), "zero.onnx")
+    with pytest.raises(ModelError, match="dimension 1 of size 0"):
+        fxverify.load_model(zero)

@@ -70,3 +70,21 @@ def test_risky_flips_only_add_lp_solves_and_never_raise_eps(shipped_model):
         assert b.iterations >= a.iterations
         extra += b.iterations - a.iterations
     assert extra > 0, "the risky flips were never tried"
+
+
+def test_non_finite_numbers_and_unknown_lp_backends_are_refused(tmp_path):
+    """Fault sweep: the schema's ranges let NaN through (-o time_limit=NaN ran as if unset), and
+    an unknown lp_backend was accepted silently under l2 (where it is not used)."""
+    p = load_profile("descent-activeset")
+    for bad, msg in [({"time_limit": float("nan")}, "time_limit: nan is not a finite number"),
+                     ({"rel_gap": float("nan")}, "rel_gap: nan is not a finite number"),
+                     ({"lp_backend": "nosuchsolver"}, "lp_backend: unknown solver backend 'nosuchsolver'")]:
+        with pytest.raises(SolverError, match=msg):
+            p.with_overrides(bad)
+    f = tmp_path / "p.json"
+    f.write_text('{"version": 1, "method": "descent", "backend": "activeset", "time_limit": NaN}')
+    with pytest.raises(SolverError, match="contains NaN, which is not a valid number"):
+        load_profile(str(f))
+    f.write_text(json.dumps({"version": 1, "method": "descent", "backend": "activeset", "lp_backend": "bogus"}))
+    with pytest.raises(SolverError, match="unknown solver backend 'bogus'"):
+        load_profile(str(f))

@@ -230,3 +230,21 @@ def test_4d_data_that_does_not_fit_names_both_shapes(tmp_path):
                                            scaling="none")))
     with pytest.raises(DataError, match="state its layout in the spec"):
         spec.load_points()
+
+
+def test_one_of_errors_name_the_failing_constraint_not_another_branchs_type(tmp_path):
+    """Fault sweep: "std": 0 is "<= the minimum of 0", not "0 is not of type 'array'"."""
+    for std, msg in [(0, "normalize.std: 0 is less than or equal to the minimum of 0"),
+                     ([], r"normalize.std: \[\] should be non-empty")]:
+        with pytest.raises(SpecError, match=msg):
+            load_spec(_write(tmp_path, {**GOOD, "normalize": {"mean": 0.1, "std": std}}))
+
+
+def test_a_spec_path_that_is_a_directory_or_a_fifo_is_one_error(tmp_path):
+    import os
+
+    with pytest.raises(SpecError, match="is a directory"):
+        load_spec(tmp_path)
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(SpecError, match="not a regular file"):
+        load_spec(tmp_path / "fifo.json")

@@ -169,3 +169,33 @@ def test_concurrent_runs_on_one_directory_never_crash(tmp_path):
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert con.execute("SELECT COUNT(*) FROM pairs WHERE cut = 'relu1'").fetchone()[0] == 9
     con.close()
+
+
+def test_a_stored_matrix_that_is_not_a_budget_matrix_is_a_store_error(tmp_path):
+    """Fault sweep: a closed-form .npy whose sha256 matches (the database says it is whole) but
+    that is not a budget matrix was a ValueError traceback; a mismatching one is recomputed."""
+    import hashlib
+
+    with ResultStore(tmp_path, "fp") as store:
+        store.add_matrix("linear1", np.full((2, 3), 1.5), "closed_form", 0.1)
+        eps, method, _, _ = store.matrix("linear1", shape=(2, 3))
+        assert eps.shape == (2, 3) and method == "closed_form"
+        (name,) = [r[0] for r in store.db.execute("SELECT file FROM matrices")]
+        path = tmp_path / name
+
+        def replace_with(data: bytes):
+            path.write_bytes(data)
+            store.db.execute("UPDATE matrices SET sha256 = ?", (hashlib.sha256(data).hexdigest(),))
+
+        replace_with(b"\x93NUMPY garbage that is not an array" * 3)
+        with pytest.raises(StoreError, match="is damaged"):
+            store.matrix("linear1")
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((3, 5)))
+        replace_with(buf.getvalue())
+        with pytest.raises(StoreError, match=r"shape \(3, 5\), expected \(2, 3\)"):
+            store.matrix("linear1", shape=(2, 3))
+        path.write_bytes(b"truncated")  # sha256 no longer matches: recompute
+        assert store.matrix("linear1") is None

@@ -38,6 +38,10 @@ class _Infeasible(Exception):
     pass
 
 
+class _TimeLimit(Exception):
+    pass
+
+
 class _Numerical(Exception):
     pass
 
@@ -344,6 +348,7 @@ class ActiveSetBackend(Backend):
     native_options = {"tol": Opt(float, positive=True, high=1e-2), "weight_tol": Opt(float, positive=True, high=0.1),
                       "max_weight_steps": Opt(int, low=1, high=10_000)}
     defaults = {"tol": 1e-10, "weight_tol": 1e-12, "max_weight_steps": 60}
+    portable_options = frozenset({"time_limit"})  # checked between least-norm solves
 
     def version(self) -> str:
         return "1"
@@ -432,8 +437,9 @@ class ActiveSetBackend(Backend):
         self.check_options(options)
         opt = dict(self.defaults)
         opt.update(options.native)
+        opt["deadline"] = None if options.time_limit is None else t0 + float(options.time_limit)
         sol = self._attempt(C, h, A, b, r, hints, opt, n_z, t0)
-        if not sol.ok and hints:
+        if not sol.ok and hints and sol.termination is not Termination.TIME_LIMIT:
             sol = self._attempt(C, h, A, b, r, {}, opt, n_z, t0)
         return sol
 
@@ -442,13 +448,20 @@ class ActiveSetBackend(Backend):
         work = [int(i) for i in hints.get("active", []) if 0 <= int(i) < len(h)]
         w = float(hints.get("weight", 0.5))
         calls = 0
+        deadline = opt["deadline"]
+
+        def solve(wt, ws):
+            if deadline is not None and time.perf_counter() >= deadline:
+                raise _TimeLimit
+            return ln.solve(wt, ws)
+
         try:
             x = None
             # alternate: the least-norm point at weight w (active-set solve), then the weight
             # that balances the norms with that working set held fixed; stop when optimal
             for _ in range(opt["max_weight_steps"]):
                 calls += 1
-                x, work, pi = ln.solve(w, work)
+                x, work, pi = solve(w, work)
                 f = float(x[:r] @ x[:r] - x[r:] @ x[r:])
                 if abs(f) <= 1e-12 * max(1e-300, float(x @ x)):
                     break
@@ -471,12 +484,15 @@ class ActiveSetBackend(Backend):
                 def phi(wt):
                     nonlocal work, calls
                     calls += 1
-                    xx, work, pp = ln.solve(wt, work)
+                    xx, work, pp = solve(wt, work)
                     sets[wt] = list(work)
                     return float(xx[:r] @ xx[:r] - xx[r:] @ xx[r:]), xx, pp
 
                 x, w, pi = self._weight_search(phi, w, opt)
                 work = sets[w]
+        except _TimeLimit:
+            return ConeSolution(Termination.TIME_LIMIT, solver=self.name, seconds=time.perf_counter() - t0,
+                                iterations=calls, message="activeset: time limit reached")
         except _Infeasible:
             return ConeSolution(Termination.INFEASIBLE, solver=self.name, seconds=time.perf_counter() - t0,
                                 iterations=calls, message="activeset: constraints inconsistent")

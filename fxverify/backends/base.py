@@ -244,6 +244,9 @@ class Backend:
     #: options this backend accepts in ``SolverOptions.native``, with their types and ranges
     #: (misspellings and out-of-range values are errors before any solve)
     native_options: ClassVar[dict[str, Opt]] = {}
+    #: the portable options (SolverOptions' time_limit, rel_gap, threads) this backend honours;
+    #: setting another one is an error, never silently ignored
+    portable_options: ClassVar[frozenset[str]] = frozenset({"time_limit", "rel_gap", "threads"})
 
     @classmethod
     def is_installed(cls) -> bool:
@@ -262,7 +265,17 @@ class Backend:
     def version(self) -> str:
         return ""
 
+    def check_portable(self, options: SolverOptions) -> None:
+        """Refuse a portable option this backend would ignore."""
+        ignored = [k for k in ("time_limit", "rel_gap", "threads")
+                   if getattr(options, k) is not None and k not in self.portable_options]
+        if ignored:
+            honoured = ", ".join(sorted(self.portable_options)) or "none of them"
+            raise SolverError(f"backend {self.name!r} cannot honour {', '.join(ignored)} (of the portable options "
+                              f"it honours: {honoured})")
+
     def check_options(self, options: SolverOptions) -> None:
+        self.check_portable(options)
         unknown = sorted(set(options.native) - set(self.native_options))
         if unknown:
             allowed = ", ".join(sorted(self.native_options)) or "none"

@@ -34,6 +34,8 @@ class ClarabelBackend(Backend):
                       "direct_solve_method": Opt(str, choices=("qdldl", "faer")), "equilibrate_enable": Opt(bool)}
     defaults = {"tol_gap_abs": 1e-8, "tol_gap_rel": 1e-8, "tol_feas": 1e-8, "max_iter": 200}
 
+    portable_options = frozenset({"time_limit"})
+
     def version(self) -> str:
         import clarabel
 

@@ -25,6 +25,7 @@ class CvxoptBackend(Backend):
                       "abstol": Opt(float, positive=True), "reltol": Opt(float, positive=True),
                       "feastol": Opt(float, positive=True), "maxiters": Opt(int, low=1, high=100_000),
                       "refinement": Opt(int, low=0, high=100), "kktreg": Opt(float, low=0.0)}
+    portable_options = frozenset()  # no time limit in conelp; its gaps are the native abstol/reltol
     #: tighter than cvxopt's defaults (1e-7, 1e-6, 1e-7): collisions must hold to ~1e-8
     defaults = {"abstol": 1e-8, "reltol": 1e-8, "feastol": 1e-8, "maxiters": 200}
 

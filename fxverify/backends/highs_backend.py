@@ -58,7 +58,29 @@ class HighsBackend(PyomoBackend):
                       "simplex_strategy": Opt(int, low=0, high=4)}
 
     def check_options(self, options: SolverOptions) -> None:
-        Backend.check_options(self, options)
+        """The listed options are checked by type and range; any other must be a HiGHS option
+        that accepts the value (HiGHS itself would ignore a misspelt one with a warning)."""
+        from ..errors import SolverError
+
+        self.check_portable(options)
+        for k, v in options.native.items():
+            if k in self.native_options:
+                self.native_options[k].check(self.name, k, v)
+                continue
+            if not self.is_installed():
+                continue
+            import highspy
+
+            h = self._highs()
+            try:
+                with _quiet_stdout():
+                    ok = h.setOptionValue(k, v) == highspy.HighsStatus.kOk
+            except Exception:  # a value of a type the option does not take
+                ok = False
+            h.resetOptions()
+            h.setOptionValue("output_flag", False)
+            if not ok:
+                raise SolverError(f"backend {self.name!r}: {k}={v!r} is not a HiGHS option with a valid value")
 
     def version(self) -> str:
         if not self.is_installed():
@@ -158,7 +180,7 @@ class HighsBackend(PyomoBackend):
         lp.a_matrix_.value_ = M.data
         lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n, M.shape[0]
         h = self._highs()
-        h.setOptionValue("threads", 1)
+        h.setOptionValue("threads", int(options.threads or 1))
         if M.shape[0] > IPM_ROWS:
             h.setOptionValue("solver", "ipm")
         if options.time_limit is not None:

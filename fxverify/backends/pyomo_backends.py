@@ -69,6 +69,7 @@ class PyomoBackend(Backend):
 
     def check_options(self, options: SolverOptions) -> None:
         """Solver-specific options pass through to the solver (which validates them)."""
+        self.check_portable(options)
 
     def _solver(self):
         import pyomo.environ  # noqa: F401  (registers the solver plugins)

@@ -175,7 +175,7 @@ class Collider:
         problem = affine_problem(plan, u, v)
         sol = self.engine.lp.solve_min_max_norm(problem, self.engine.lp_options)
         for backend, options in self.engine.fallbacks:
-            if sol.ok:
+            if sol.ok or sol.termination is Termination.TIME_LIMIT:  # a time limit is the user's: final
                 break
             sol = backend.solve_min_max_norm(problem, options)
         if not sol.ok:

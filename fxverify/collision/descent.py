@@ -340,7 +340,7 @@ class PatternDescent:
             return None, None
         sol = self.backend.solve_min_max_norm(lp.warm(*warm) if warm else lp.problem, self.options)
         for backend, options in self.fallbacks:
-            if sol.ok:
+            if sol.ok or sol.termination is Termination.TIME_LIMIT:  # a time limit is the user's: final
                 break
             self.fallback_solves += 1
             sol = backend.solve_min_max_norm(lp.problem, options)
