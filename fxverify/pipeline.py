@@ -118,17 +118,21 @@ class PairSelector:
     #: the saturation check is redone after this many newly observed pairs
     refresh: int = 1000
 
-    def __init__(self, grid, upper: dict[str, np.ndarray]) -> None:
+    def __init__(self, grid, upper: dict[str, np.ndarray], counted: set[str] | None = None) -> None:
+        """``upper``: per paired cut, the closed-form budgets of the cut that determines it
+        (upper bounds there); ``counted``: the paired cuts whose bounds take those closed-form
+        edges (their closed-form cut is computed in the run; default all)."""
         from .bounds import lower_bounds
 
         self.grid = tuple(sorted(float(g) for g in grid))
         self.cuts = tuple(upper)
-        # per cut, the closed-form budgets of the cut that determines it: upper bounds there
         self.upper = {c: np.asarray(m, dtype=float) for c, m in upper.items()}
         n_a, n_b = next(iter(self.upper.values())).shape
         top = lower_bounds(np.zeros((n_a, n_b)), [max(self.grid)])[0]
         self._max01, self._maxce = top.loss01_lower, top.ce_lower
-        self.eps = {c: m.copy() for c, m in self.upper.items()}
+        # the edges the run's bounds will have: computed pairs, and the closed forms they count
+        self.eps = {c: m.copy() if counted is None or c in counted else np.full_like(m, np.inf)
+                    for c, m in self.upper.items()}
         self.ratio_min = {c: np.inf for c in self.cuts}
         self.observed = 0
         self._since = 0
@@ -208,14 +212,17 @@ def promise_order(eps: np.ndarray, pairs=None) -> list[tuple[int, int]]:
     return [(int(ii[k]), int(jj[k])) for k in order]
 
 
+def promise_cut(collider: Collider, cut: str) -> str:
+    """The deepest cut with a closed form that determines ``cut`` (its budgets bound ``cut``'s)."""
+    shallow = [c for c in collider.net.dominators(cut)[:-1] if closed_form(collider.plan(c))]
+    return shallow[-1] if shallow else "input"
+
+
 def promise_budgets(collider: Collider, points: Points, first_paired: str,
                     store: ResultStore | None = None) -> np.ndarray:
     """Upper bounds on every pair's budget at the paired cut ``first_paired``, to order pairs
-    by: the closed form at the deepest cut with one that determines it (from ``store`` when the
-    run computed it there)."""
-    doms = collider.net.dominators(first_paired)[:-1]
-    shallow = [c for c in doms if closed_form(collider.plan(c))]
-    cut = shallow[-1] if shallow else "input"
+    by: the closed form at :func:`promise_cut` (from ``store`` when the run computed it there)."""
+    cut = promise_cut(collider, first_paired)
     shape = (len(points.X_a), len(points.X_b))
     stored = store.matrix(cut, shape) if store is not None else None
     if stored is not None and np.isfinite(stored[0]).all():
@@ -286,7 +293,8 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
 
             selector = None
             if grid is not None:
-                selector = PairSelector(grid, {c: promise_budgets(collider, points, c, store) for c in paired})
+                selector = PairSelector(grid, {c: promise_budgets(collider, points, c, store) for c in paired},
+                                        counted={c for c in paired if promise_cut(collider, c) in cuts})
                 for c in paired:
                     selector.observe(store.pair_rows(c))
                 selector._saturation()

@@ -21,6 +21,7 @@ from fxverify.norms import get_norm
 from fxverify.results import CollisionStatus
 
 from builders import make, min_max_norm_cones, save
+from conftest import REAL_ONNX
 
 
 # ------------------------------------------------------------------ helpers ---------------
@@ -410,3 +411,31 @@ def test_bad_points_and_cuts(tmp_path):
         collide(net, "relu3", [1.0, 1.0], [0.0, 0.0])
     with pytest.raises(fxverify.FxverifyError, match="unknown solver 'nope'"):
         collide(net, "relu1", [1.0, 1.0], [0.0, 0.0], solver="nope")
+
+
+# ------------------------------------------------------------------ third-party models -----
+@pytest.mark.skipif(not REAL_ONNX.is_dir(), reason=f"third-party ONNX corpus not found at {REAL_ONNX}")
+@pytest.mark.parametrize("name, cut, data", [
+    ("keras_mnist_maxpool.onnx", "pool1", "mnist"),  # NHWC, two convolutions, then a max-pool
+    ("verivital_mnist_maxpool.onnx", "pool1", "mnist"),  # 23,328 ReLUs, overlapping 3x3/4 windows
+    ("resnet_2b.onnx", "relu3", "random"),  # after the first residual Add
+    ("resnet_2b.onnx", "relu5", "random"),  # after the second
+])
+def test_real_models_collide_at_pool_and_residual_cuts(name, cut, data):
+    """One descent step (max_iterations=1, to keep the test short) on models nobody here
+    trained: a verified collision (float64 IR and onnxruntime) below the input cut's budget."""
+    from fxverify.data import load_embedded, select_points
+    from fxverify.profiles import load_profile
+
+    net = fxverify.load_model(REAL_ONNX / name)
+    if data == "mnist":
+        pts = select_points(load_embedded("mnist"), (3, 7), 1)
+        u, v = pts.X_a[0], pts.X_b[0]
+    else:  # CIFAR-shaped points in [0, 1] (no CIFAR data ships)
+        u, v = np.random.default_rng(0).random((2, int(np.prod(net.input_shape))))
+    engine = resolve_engine(load_profile("descent-activeset").with_overrides({"max_iterations": 1}))
+    res = Collider(net, engine).collide_cuts(u, v, (cut,))
+    r = res[cut]
+    assert r.status is CollisionStatus.FOUND and r.verified, r.message
+    assert r.residual_onnx is not None and np.isfinite(r.residual_onnx)
+    assert 0 < r.eps < 0.5 * np.linalg.norm(np.ravel(u) - np.ravel(v))

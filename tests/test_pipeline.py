@@ -126,3 +126,56 @@ def test_pairs_run_in_promise_order_and_the_order_changes_no_result(setup, tmp_p
     assert ex_alone.sent == promise_order(all_pairs_eps(Collider(net, prof).plan("linear1"), pts.X_a, pts.X_b))
     with pytest.raises(FxverifyError, match="unknown pair order 'random'"):
         compute_distances(net, pts, net.cuts, prof, tmp_path / "x", order="random")
+
+
+def _edges_at(eps, grid):
+    return [np.asarray(eps) <= g for g in grid if g > 0]
+
+
+def test_grid_stop_never_changes_an_edge_at_a_grid_value(setup):
+    """A grid-limited descent stops once eps is below every positive grid value: the edges at
+    every grid value are those of the exhaustive descent, and it did stop somewhere."""
+    net, pts, prof = setup
+    col = Collider(net, prof)
+    grid = (0.0, 2.0, 4.0)
+    stopped = 0
+    for i in range(4):
+        for j in range(4):
+            full = col.collide_cuts(pts.X_a[i], pts.X_b[j])
+            fast = col.collide_cuts(pts.X_a[i], pts.X_b[j], grid=grid)
+            for c in net.cuts:
+                a, b = fast[c].eps, full[c].eps
+                assert a >= b - 1e-9, (c, i, j)  # the same descent, stopped no later
+                for g in grid[1:]:
+                    assert (a <= g) == (b <= g), (c, i, j, g, a, b)
+                stopped += "below every positive grid value" in (fast[c].message or "")
+    assert stopped > 0
+
+
+@pytest.mark.parametrize("cuts", [("linear1", "relu1", "relu2"), ("relu1", "relu2")])
+def test_pair_selection_skips_only_pairs_that_cannot_change_a_bound(setup, tmp_path, cuts):
+    """Pairs skipped by the selection are stored as skipped (counted, never edges); here (every
+    descent ratio is observed before any skip) the bounds equal the exhaustive run's, also when
+    the closed-form cut the selection reads is not among the run's cuts."""
+    from fxverify.analysis import bounds_from_distances
+    from fxverify.pipeline import PairSelector
+
+    net, pts, prof = setup
+    grid = (0.0, 0.5, 1.0, 4.0)
+    ex = compute_distances(net, pts, cuts, prof, tmp_path / "ex", executor=SerialExecutor())
+    old = PairSelector.min_observed
+    PairSelector.min_observed = 2  # select after two pairs (16 pairs in all)
+    try:
+        sel = compute_distances(net, pts, cuts, prof, tmp_path / "sel", executor=SerialExecutor(), grid=grid)
+    finally:
+        PairSelector.min_observed = old
+    skipped = 0
+    for c in ("relu1", "relu2"):
+        got = sel.by_cut[c]
+        assert got.n_done == 16 and got.n_found + got.n_failed + got.n_skipped == 16
+        skipped += got.n_skipped
+    assert skipped > 0 or "linear1" not in cuts
+    for a, b in zip(bounds_from_distances(sel, grid, net)[0], bounds_from_distances(ex, grid, net)[0]):
+        for ra, rb in zip(a.records, b.records):
+            assert ra.loss01_lower == pytest.approx(rb.loss01_lower), (a.cut, ra.eps)
+            assert ra.ce_lower == pytest.approx(rb.ce_lower, abs=1e-9), (a.cut, ra.eps)
