@@ -273,19 +273,25 @@ class Collider:
 _COLLIDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def collide(network: Network, cut: str, u, v, method: str | None = None, solver: str | None = None,
+def collide(network: Network, cut: str, u, v, method: str | None = None, solver=None,
             check_solver: str | None = None, norm: str = "l2", domain: tuple[float, float] | None = None
             ) -> Collision:
     """Find and verify a collision of ``u`` and ``v`` at ``cut``.
 
     ``method``: ``descent`` (default), ``faithful``, ``closed_form`` or ``exact``; ``solver``: a
-    profile name or file, or a backend name (default: the ``descent-activeset`` profile;
+    profile name or file, a backend name or a :class:`~fxverify.profiles.SolverProfile` (default: the ``descent-activeset`` profile;
     ``exact-scip`` for the exact method); ``norm``: ``"l2"`` (default), ``"linf"`` or ``"l1"``;
     ``domain``: ``(lo, hi)`` keeps the perturbed points in that box (e.g. ``(0, 1)``). The result
     is never worse than the closed forms of the cuts that determine ``cut`` (input, linear maps).
     Everything a network shares across calls (row spaces, onnxruntime sessions) is cached.
     """
-    key = (method, solver, check_solver, norm, None if domain is None else tuple(float(x) for x in domain))
+    import json
+
+    from ..profiles import SolverProfile
+
+    solver_key = json.dumps(solver.to_dict(), sort_keys=True, default=str) if isinstance(solver, SolverProfile) \
+        else solver
+    key = (method, solver_key, check_solver, norm, None if domain is None else tuple(float(x) for x in domain))
     cache = _COLLIDERS.setdefault(network, {})
     col = cache.get(key)
     if col is None:
