@@ -688,6 +688,11 @@ def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt 
         con.print(f"[yellow]incomplete[/yellow]: the time budget stopped the run after {done:,} of "
                   f"{a.cuts[0].pairs_total:,} pairs; bounds count pairs not computed as no edge (still valid, "
                   f"looser). Rerun the same command to continue.")
+    skipped = [c for c in a.cuts if c.pairs_skipped]
+    if skipped:
+        con.print("pair selection: skipped " + ", ".join(f"{c.cut} {c.pairs_skipped:,}" for c in skipped)
+                  + " pairs that by the descent/closed-form ratios measured in this run cannot change a bound "
+                    "(they keep the budgets of the cuts that determine them; --exhaustive computes every pair)")
     con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
     if a.pairs_failed:
         failed = ", ".join(f"{c.cut} {c.pairs_failed}" for c in a.cuts if c.pairs_failed)

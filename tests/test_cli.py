@@ -546,3 +546,21 @@ def test_unwritable_distances_npz_and_stdout_are_one_error_line(tmp_path, tiny_m
             res = subprocess.run([sys.executable, "-m", "fxverify", *map(str, args)], stdout=full,
                                  stderr=subprocess.PIPE, text=True, timeout=300)
         assert_user_error(res, "cannot write to standard output")
+
+
+def test_bound_names_the_pairs_its_selection_skipped_and_exhaustive_computes_them(tmp_path, tiny_model):
+    spec = Path(__file__).resolve().parent.parent / "specs" / "mnist_3v7.json"
+    res = fx("bound", tiny_model, "--spec", spec, "--out", tmp_path / "sel", "--jobs", "1")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "sel" / "results.json").read_text())
+    skipped = {c["cut"]: c["pairs_skipped"] for c in doc["cuts"] if c["pairs_skipped"]}
+    assert skipped, "the selection skipped nothing on this run; the test needs a run where it does"
+    assert "pair selection: skipped" in " ".join(res.stdout.split())
+    ex = fx("bound", tiny_model, "--spec", spec, "--out", tmp_path / "ex", "--jobs", "1", "--exhaustive")
+    assert ex.returncode == 0, ex.stderr
+    assert "pair selection" not in ex.stdout
+    doc_ex = json.loads((tmp_path / "ex" / "results.json").read_text())
+    assert all(c["pairs_skipped"] == 0 for c in doc_ex["cuts"])
+    for a, b in zip(doc["results"], doc_ex["results"]):
+        assert (a["cut"], a["eps"]) == (b["cut"], b["eps"])
+        assert a["loss01_lower"] == pytest.approx(b["loss01_lower"]) and a["ce_lower"] == pytest.approx(b["ce_lower"])
