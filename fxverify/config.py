@@ -92,7 +92,11 @@ def _lp_for(profile: SolverProfile, norm: Norm) -> tuple[Backend, SolverOptions]
         if not lp.solves(norm.name):
             raise SolverError(f"profile {profile.name!r}: lp_backend {profile.lp_backend!r} cannot solve LPs")
         _usable(lp, need)
-        return lp, SolverOptions(time_limit=profile.options.time_limit)
+        lp.check_portable(profile.options)
+        if profile.options.rel_gap is not None:
+            raise SolverError(f"profile {profile.name!r}: rel_gap is a MIP option; the descent's {norm.label} LPs "
+                              f"are solved to optimality")
+        return lp, SolverOptions(time_limit=profile.options.time_limit, threads=profile.options.threads)
     raise SolverError(f"profile {profile.name!r}: backend {profile.backend!r} cannot solve the l2 cone LPs of the "
                       f"descent ({', '.join(c.value for c in main.capabilities)}); use {DEFAULT_PROFILE}")
 

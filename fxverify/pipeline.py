@@ -293,8 +293,18 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
 
             selector = None
             if grid is not None:
+                # a paired cut's bounds take the closed-form edges of its promise cut only when the
+                # run computed that cut and its budgets were verified (a failed one is stored as inf)
+                def counted(c):
+                    pc = promise_cut(collider, c)
+                    stored = store.matrix(pc, (n_a, n_b)) if pc in cuts else None
+                    return stored is not None and bool(np.isfinite(stored[0]).all())
+
                 selector = PairSelector(grid, {c: promise_budgets(collider, points, c, store) for c in paired},
-                                        counted={c for c in paired if promise_cut(collider, c) in cuts})
+                                        counted={c for c in paired if counted(c)})
+                # a wanted cut needs the paired cuts that determine it (its descent starts from,
+                # and keeps, their collisions; its bounds take their budgets)
+                determining = {c: {d for d in net.dominators(c)[:-1] if d in paired} for c in paired}
                 for c in paired:
                     selector.observe(store.pair_rows(c))
                 selector._saturation()
@@ -313,9 +323,11 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                     if deadline is not None and time.monotonic() >= deadline:
                         return
                     if selector is not None:
-                        cuts = selector.wanted(*pair)
+                        want = set(selector.wanted(*pair))
+                        want |= {d for c in want for d in determining[c]}
+                        cuts = tuple(c for c in paired if c in want)
                         if len(cuts) < len(paired):
-                            pending_skips.append((*pair, tuple(c for c in paired if c not in cuts)))
+                            pending_skips.append((*pair, tuple(c for c in paired if c not in want)))
                         if not cuts:
                             continue
                         pair = (*pair, cuts)
@@ -333,13 +345,16 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                 running = executor.run(job, chunks(), net=net, **({} if deadline is None else {"deadline": deadline}))
                 try:
                     for rows in running:
+                        # pairs computed by this task, and pairs skipped at every cut meanwhile (a
+                        # pair skipped at some cuts is counted when its computed rows arrive)
+                        n_done += len({(r.i, r.j) for r in rows})
                         if pending_skips:  # decided while this task ran: stored with it
+                            n_done += sum(1 for item in pending_skips if len(item[2]) == len(paired))
                             rows = rows + skip_rows(pending_skips)
                             pending_skips.clear()
                         store.add_pairs(rows)
                         if selector is not None:
                             selector.observe(rows)
-                        n_done += len({(r.i, r.j) for r in rows})
                         if progress:
                             progress("descent", n_done, total)
                 finally:

@@ -550,13 +550,14 @@ def test_unwritable_distances_npz_and_stdout_are_one_error_line(tmp_path, tiny_m
 
 def test_bound_names_the_pairs_its_selection_skipped_and_exhaustive_computes_them(tmp_path, tiny_model):
     spec = Path(__file__).resolve().parent.parent / "specs" / "mnist_3v7.json"
-    res = fx("bound", tiny_model, "--spec", spec, "--out", tmp_path / "sel", "--jobs", "1")
+    res = fx("bound", tiny_model, "--spec", spec, "--out", tmp_path / "sel", "--jobs", "1", "--eps", "0,0.5,1")
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "sel" / "results.json").read_text())
     skipped = {c["cut"]: c["pairs_skipped"] for c in doc["cuts"] if c["pairs_skipped"]}
     assert skipped, "the selection skipped nothing on this run; the test needs a run where it does"
     assert "pair selection: skipped" in " ".join(res.stdout.split())
-    ex = fx("bound", tiny_model, "--spec", spec, "--out", tmp_path / "ex", "--jobs", "1", "--exhaustive")
+    ex = fx("bound", tiny_model, "--spec", spec, "--out", tmp_path / "ex", "--jobs", "1", "--eps", "0,0.5,1",
+            "--exhaustive")
     assert ex.returncode == 0, ex.stderr
     assert "pair selection" not in ex.stdout
     doc_ex = json.loads((tmp_path / "ex" / "results.json").read_text())

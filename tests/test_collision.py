@@ -441,13 +441,14 @@ def test_real_models_collide_at_pool_and_residual_cuts(name, cut, data):
     assert 0 < r.eps < 0.5 * np.linalg.norm(np.ravel(u) - np.ravel(v))
 
 
-def test_collide_takes_a_solver_profile_object(tiny_model):
+def test_collide_takes_a_solver_profile_object(shipped_model):
     from fxverify.data import load_embedded, select_points
     from fxverify.profiles import load_profile
 
-    net = fxverify.load_model(tiny_model)
+    net = fxverify.load_model(shipped_model)
     pts = select_points(load_embedded("mnist"), (3, 7), 1)
     one = load_profile("descent-activeset").with_overrides({"max_iterations": 1})
     a = fxverify.collide(net, "relu2", pts.X_a[0], pts.X_b[0], solver=one)
     b = fxverify.collide(net, "relu2", pts.X_a[0], pts.X_b[0], solver="descent-activeset")
-    assert a.verified and b.verified and a.iterations <= 1 and b.eps <= a.eps + 1e-12
+    assert a.verified and b.verified and a.iterations <= 1
+    assert b.iterations > 1 and b.eps < a.eps  # not the capped collider of the first call

@@ -57,6 +57,10 @@ class HighsBackend(PyomoBackend):
                       "dual_feasibility_tolerance": Opt(float, positive=True),
                       "simplex_strategy": Opt(int, low=0, high=4)}
 
+    #: time_limit and threads in the LP solves; rel_gap only in the exact method's MILPs
+    #: (through Pyomo): an LP is solved to optimality
+    portable_options = frozenset({"time_limit", "rel_gap", "threads"})
+
     def check_options(self, options: SolverOptions) -> None:
         """The listed options are checked by type and range; any other must be a HiGHS option
         that accepts the value (HiGHS itself would ignore a misspelt one with a warning)."""

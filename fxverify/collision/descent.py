@@ -68,7 +68,7 @@ class GridStop:
 
     def target(self, eps: float) -> float | None:
         """The largest positive grid value below eps (None: no grid value can still change)."""
-        below = [g for g in self.grid if 0 < g < eps * (1 - 1e-12)]
+        below = [g for g in self.grid if 0 < g < eps]
         return max(below) if below else None
 
     def worth_going_on(self, best: list[float], steps_left: int) -> bool:
