@@ -99,15 +99,7 @@ def fx(args, timeout: float = 120.0, cwd: Path | None = None) -> Result:
     t0 = time.perf_counter()
     p = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          cwd=cwd or WORK, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        _kill_group(p.pid)
-        out, err = p.communicate()
-        timed_out = True
-    return Result(None if timed_out else p.returncode, out.decode("utf-8", "replace"),
-                  err.decode("utf-8", "replace"), time.perf_counter() - t0, timed_out)
+    return _finish(p, t0, timeout)
 
 
 def _kill_group(pid: int) -> None:
