@@ -137,7 +137,6 @@ class PairSelector:
         self.observed = 0
         self._since = 0
         self.g_star = {c: max(self.grid) for c in self.cuts}
-        self.skipped = 0
 
     def observe(self, rows) -> None:
         seen = set()
@@ -152,9 +151,10 @@ class PairSelector:
         self.observed += len(seen)
         self._since += len(seen)
         if self._since >= self.refresh:
-            self._saturation()
+            self.saturation()
 
-    def _saturation(self) -> None:
+    def saturation(self) -> None:
+        """Recompute, per cut, the largest grid value whose bounds are not yet saturated."""
         from .bounds import lower_bounds
 
         self._since = 0
@@ -168,10 +168,8 @@ class PairSelector:
         """The cuts at which the pair may still change a bound (all until enough are observed)."""
         if self.observed < self.min_observed:
             return self.cuts
-        out = tuple(c for c in self.cuts if self.g_star[c] is not None
-                    and self.ratio_min[c] * self.upper[c][i, j] <= self.g_star[c])
-        self.skipped += len(self.cuts) - len(out)
-        return out
+        return tuple(c for c in self.cuts if self.g_star[c] is not None
+                     and self.ratio_min[c] * self.upper[c][i, j] <= self.g_star[c])
 
 
 #: orders in which the descent pairs can be computed (see :func:`compute_distances`)
@@ -218,16 +216,21 @@ def promise_cut(collider: Collider, cut: str) -> str:
     return shallow[-1] if shallow else "input"
 
 
+def _closed_form_budgets(collider: Collider, points: Points, cut: str,
+                         store: ResultStore | None) -> tuple[np.ndarray, bool]:
+    """The closed-form budgets at ``cut`` and whether they are the run's verified ones (from
+    ``store``; else computed here, unverified)."""
+    stored = store.matrix(cut, (len(points.X_a), len(points.X_b))) if store is not None else None
+    if stored is not None and np.isfinite(stored[0]).all():
+        return stored[0], True
+    return all_pairs_eps(collider.plan(cut), points.X_a, points.X_b), False
+
+
 def promise_budgets(collider: Collider, points: Points, first_paired: str,
                     store: ResultStore | None = None) -> np.ndarray:
     """Upper bounds on every pair's budget at the paired cut ``first_paired``, to order pairs
     by: the closed form at :func:`promise_cut` (from ``store`` when the run computed it there)."""
-    cut = promise_cut(collider, first_paired)
-    shape = (len(points.X_a), len(points.X_b))
-    stored = store.matrix(cut, shape) if store is not None else None
-    if stored is not None and np.isfinite(stored[0]).all():
-        return stored[0]
-    return all_pairs_eps(collider.plan(cut), points.X_a, points.X_b)
+    return _closed_form_budgets(collider, points, promise_cut(collider, first_paired), store)[0]
 
 
 def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engine,
@@ -274,8 +277,12 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
         if paired:
             done = set.intersection(*(store.done_pairs(c) for c in paired))
             todo = [(i, j) for i in range(n_a) for j in range(n_b) if (i, j) not in done]
+            # per paired cut, the closed-form budgets that bound it (loaded once per closed-form cut)
+            pcut = {c: promise_cut(collider, c) for c in paired}
+            budgets = {pc: _closed_form_budgets(collider, points, pc, store)
+                       for pc in (dict.fromkeys(pcut.values()) if todo else ())}
             if todo and order == "promise":
-                todo = promise_order(promise_budgets(collider, points, paired[0], store), todo)
+                todo = promise_order(budgets[pcut[paired[0]]][0], todo)
             total = n_a * n_b
             if progress:
                 progress("descent", len(done), total)
@@ -292,22 +299,17 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
                 time.monotonic() + time_budget - (time.perf_counter() - t_start)
 
             selector = None
-            if grid is not None:
+            if grid is not None and todo:
                 # a paired cut's bounds take the closed-form edges of its promise cut only when the
                 # run computed that cut and its budgets were verified (a failed one is stored as inf)
-                def counted(c):
-                    pc = promise_cut(collider, c)
-                    stored = store.matrix(pc, (n_a, n_b)) if pc in cuts else None
-                    return stored is not None and bool(np.isfinite(stored[0]).all())
-
-                selector = PairSelector(grid, {c: promise_budgets(collider, points, c, store) for c in paired},
-                                        counted={c for c in paired if counted(c)})
+                selector = PairSelector(grid, {c: budgets[pcut[c]][0] for c in paired},
+                                        counted={c for c in paired if pcut[c] in cuts and budgets[pcut[c]][1]})
                 # a wanted cut needs the paired cuts that determine it (its descent starts from,
                 # and keeps, their collisions; its bounds take their budgets)
                 determining = {c: {d for d in net.dominators(c)[:-1] if d in paired} for c in paired}
                 for c in paired:
                     selector.observe(store.pair_rows(c))
-                selector._saturation()
+                selector.saturation()
 
             def skip_rows(items):
                 return [PairRow(c, i, j, math.inf, CollisionStatus.SKIPPED.value, engine.method, engine.name, 0.0,
