@@ -192,6 +192,16 @@ class ConeSolution:
         return self.termination is Termination.OPTIMAL and self.x is not None
 
 
+def with_fallbacks(sol: ConeSolution, problem, fallbacks) -> ConeSolution:
+    """``sol`` if it is optimal, else the first optimal solution of ``problem`` by the
+    ``fallbacks`` ((backend, options) pairs, in order); a time limit is the user's and final."""
+    for backend, options in fallbacks:
+        if sol.ok or sol.termination is Termination.TIME_LIMIT:
+            break
+        sol = backend.solve_min_max_norm(problem, options)
+    return sol
+
+
 @dataclass(frozen=True)
 class SolverOptions:
     """Portable options; ``native`` passes solver-specific options through unchanged."""

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..backends.base import SolverOptions, Termination
+from ..backends.base import SolverOptions, Termination, with_fallbacks
 from ..errors import DataError, SolverError
 from ..ir import Network
 from ..results import Collision, CollisionStatus
@@ -133,7 +133,7 @@ class Collider:
                 if np.array_equal(fu, fv):  # the points themselves collide: eps = 0
                     return self._verified(cut, u, v, u.copy(), v.copy(), self.method, t0,
                                           note="equal features at the points themselves")
-            if stop is not None and usable is not None and stop.target(usable.eps) is None:
+            if stop is not None and usable is not None and stop.reached(usable.eps):
                 # the collision of a cut that determines this one is below every grid value: the
                 # descent here cannot change an edge
                 return self._verified(cut, u, v, usable.u_adv, usable.v_adv, self.method, t0,
@@ -173,11 +173,8 @@ class Collider:
     def _affine_lp(self, cut: str, plan: CutPlan, u, v, t0) -> Collision:
         """An affine cut without a closed form (l-inf / l1, or an input domain): one LP."""
         problem = affine_problem(plan, u, v)
-        sol = self.engine.lp.solve_min_max_norm(problem, self.engine.lp_options)
-        for backend, options in self.engine.fallbacks:
-            if sol.ok or sol.termination is Termination.TIME_LIMIT:  # a time limit is the user's: final
-                break
-            sol = backend.solve_min_max_norm(problem, options)
+        sol = with_fallbacks(self.engine.lp.solve_min_max_norm(problem, self.engine.lp_options), problem,
+                             self.engine.fallbacks)
         if not sol.ok:
             return Collision(cut=cut, status=CollisionStatus.FAILED, method="lp", solver=self.engine.name,
                              seconds=time.perf_counter() - t0,
@@ -243,9 +240,10 @@ class Collider:
         """All requested cuts (default: every cut) for one pair, in network order. The collision
         of a cut that determines another (requested, or with a closed form) is one there too:
         each descent may start from the best of those and keeps it when it is better -- this is
-        the one place the walk over shallower cuts is decided. ``grid``: the budgets the results are for; a descent stops when its next steps
-        cannot cross one of them (:class:`~fxverify.collision.descent.GridStop`; None: every
-        descent runs to its local optimum)."""
+        the one place the walk over shallower cuts is decided. ``grid``: the budgets the results
+        are for; a descent stops once its eps is below every positive one
+        (:class:`~fxverify.collision.descent.GridStop`; None: every descent runs to its local
+        optimum)."""
         stop = None if grid is None else GridStop(tuple(sorted(float(g) for g in grid)))
         u, v = self._point(u, "u"), self._point(v, "v")
         wanted = self.net.cuts if cuts is None else tuple(cuts)
@@ -279,8 +277,8 @@ def collide(network: Network, cut: str, u, v, method: str | None = None, solver=
     """Find and verify a collision of ``u`` and ``v`` at ``cut``.
 
     ``method``: ``descent`` (default), ``faithful``, ``closed_form`` or ``exact``; ``solver``: a
-    profile name or file, a backend name or a :class:`~fxverify.profiles.SolverProfile` (default: the ``descent-activeset`` profile;
-    ``exact-scip`` for the exact method); ``norm``: ``"l2"`` (default), ``"linf"`` or ``"l1"``;
+    profile name or file, a backend name or a :class:`~fxverify.profiles.SolverProfile`
+    (default: the ``descent-activeset`` profile; ``exact-scip`` for the exact method); ``norm``: ``"l2"`` (default), ``"linf"`` or ``"l1"``;
     ``domain``: ``(lo, hi)`` keeps the perturbed points in that box (e.g. ``(0, 1)``). The result
     is never worse than the closed forms of the cuts that determine ``cut`` (input, linear maps).
     Everything a network shares across calls (row spaces, onnxruntime sessions) is cached.

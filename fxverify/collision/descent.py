@@ -31,7 +31,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from .. import linops
-from ..backends.base import Backend, MinMaxNormProblem, SolverOptions, Termination
+from ..backends.base import Backend, MinMaxNormProblem, SolverOptions, Termination, with_fallbacks
 from ..pieces.base import rows as make_rows
 from .plan import CutPlan, JacobianCache
 
@@ -71,8 +71,9 @@ class GridStop:
         below = [g for g in self.grid if 0 < g < eps]
         return max(below) if below else None
 
-    def worth_going_on(self, best: list[float], steps_left: int) -> bool:
-        return steps_left > 0 and self.target(best[-1]) is not None
+    def reached(self, eps: float) -> bool:
+        """No step below ``eps`` can change an edge at a grid value."""
+        return self.target(eps) is None
 
 
 @dataclass
@@ -157,7 +158,6 @@ class PatternDescent:
         self.faithful = faithful
         self.max_iter = max_iter
         self.fallbacks = tuple(fallbacks)
-        self.fallback_solves = 0
         self.risky_flips = risky_flips
         self.r = plan.n_vars
         self._jac = JacobianCache()
@@ -327,12 +327,7 @@ class PatternDescent:
         if lp is None:
             return None, None
         sol = self.backend.solve_min_max_norm(lp.warm(*warm) if warm else lp.problem, self.options)
-        for backend, options in self.fallbacks:
-            if sol.ok or sol.termination is Termination.TIME_LIMIT:  # a time limit is the user's: final
-                break
-            self.fallback_solves += 1
-            sol = backend.solve_min_max_norm(lp.problem, options)
-        return lp, sol
+        return lp, with_fallbacks(sol, lp.problem, self.fallbacks)
 
     def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]],
             stop: GridStop | None = None) -> DescentOutcome:
@@ -363,7 +358,6 @@ class PatternDescent:
 
     def _descend(self, u, v, pat: Patterns, stop: GridStop | None = None) -> DescentOutcome:
         out = DescentOutcome(None, None)
-        best: list[float] = []
         seen = {pat.key()}
         risky_pending = False  # the current pattern came from a risky flip of the best one
         warm = None
@@ -393,8 +387,7 @@ class PatternDescent:
                 out.u_adv, out.v_adv, out.objective = u + plan.lift(au), v + plan.lift(av), eps
                 out.problem = lp.problem
                 risky_pending = False
-                best.append(eps)
-                if stop is not None and not stop.worth_going_on(best, self.max_iter - it - 1):
+                if stop is not None and stop.reached(eps):
                     out.message = "stopped: eps is below every positive grid value"
                     break
             elif self.faithful or risky_pending:
