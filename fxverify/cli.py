@@ -107,10 +107,6 @@ def user_errors(fn):
         except Terminated:
             print("error: terminated (SIGTERM); results stored so far are kept", file=sys.stderr)
             raise typer.Exit(128 + signal.SIGTERM) from None
-        except OSError as err:
-            if _stdout_failed() is None:
-                raise
-            _stdout_error_exit(err)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
