@@ -138,6 +138,9 @@ class DescentOutcome:
     failed: str = ""  # a cone LP failed (not "patterns infeasible"): the pair's result is a failure
     history: list[float] = field(default_factory=list)
     problem: MinMaxNormProblem | None = None  # the LP of the best pattern (for --check-solver)
+    #: the deadline passed before the descent ended: the point (if any) is a valid collision but
+    #: not the descent's result (a run abandons the cut; results never depend on timing)
+    timed_out: bool = False
 
     @property
     def found(self) -> bool:
@@ -320,26 +323,39 @@ class PatternDescent:
         return new
 
     # ------------------------------------------------------------------ the descent -----
-    def solve_lp(self, u, v, pat, warm: tuple | None = None):
+    def _options(self, deadline: float | None) -> SolverOptions:
+        """The LP options, with the time left before ``deadline`` as the time limit."""
+        if deadline is None or "time_limit" not in self.backend.portable_options:
+            return self.options
+        left = max(1e-3, deadline - time.monotonic())
+        limit = left if self.options.time_limit is None else min(left, self.options.time_limit)
+        return replace(self.options, time_limit=limit)
+
+    def solve_lp(self, u, v, pat, warm: tuple | None = None, deadline: float | None = None):
         """Build and solve the LP of ``pat``; ``warm`` = (tight row keys, weight) of the previous
-        solve. A solve that is not optimal is retried with each fallback backend in turn."""
+        solve. A solve that is not optimal is retried with each fallback backend in turn (not
+        after a time limit, and not once ``deadline``, a :func:`time.monotonic` time, passed)."""
         lp = self.build(u, v, pat)
         if lp is None:
             return None, None
-        sol = self.backend.solve_min_max_norm(lp.warm(*warm) if warm else lp.problem, self.options)
+        sol = self.backend.solve_min_max_norm(lp.warm(*warm) if warm else lp.problem, self._options(deadline))
+        if _past(deadline):
+            return lp, sol
         return lp, with_fallbacks(sol, lp.problem, self.fallbacks)
 
     def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]],
-            stop: GridStop | None = None) -> DescentOutcome:
+            stop: GridStop | None = None, deadline: float | None = None) -> DescentOutcome:
         """Descend from each start (pairs of points whose patterns seed the search); keep the best.
         ``stop``: end a descent when its next steps cannot cross a grid value (None: run each to
-        its local optimum)."""
+        its local optimum). ``deadline`` (a :func:`time.monotonic` time): past it the descent
+        ends with ``timed_out`` set (its LPs get the time left as their limit)."""
         t0 = time.perf_counter()
         self._jac.clear()
         best = DescentOutcome(None, None)
         messages, failures = [], []
         for xu, xv in starts:
-            out = self._descend(u, v, self.patterns_at(xu, xv), stop)
+            out = self._descend(u, v, self.patterns_at(xu, xv), stop, deadline)
+            best.timed_out |= out.timed_out
             best.iterations += out.iterations
             best.lp_solves += out.lp_solves
             if out.message:
@@ -349,23 +365,32 @@ class PatternDescent:
             if out.found and out.objective < best.objective:
                 best.u_adv, best.v_adv, best.objective, best.history = out.u_adv, out.v_adv, out.objective, out.history
                 best.problem = out.problem
-            if best.found and not self.faithful:
+            if best.timed_out or (best.found and not self.faithful):
                 break  # a later start is only a fallback
         best.seconds = time.perf_counter() - t0
         best.message = "; ".join(dict.fromkeys(messages))
         best.failed = "; ".join(dict.fromkeys(failures))
         return best
 
-    def _descend(self, u, v, pat: Patterns, stop: GridStop | None = None) -> DescentOutcome:
+    def _descend(self, u, v, pat: Patterns, stop: GridStop | None = None,
+                 deadline: float | None = None) -> DescentOutcome:
         out = DescentOutcome(None, None)
         seen = {pat.key()}
         risky_pending = False  # the current pattern came from a risky flip of the best one
         warm = None
         plan, r = self.plan, self.r
         for it in range(self.max_iter):
+            if _past(deadline):
+                out.timed_out = True
+                out.message = f"time budget reached at step {it + 1}"
+                break
             out.iterations = it + 1
-            lp, sol = self.solve_lp(u, v, pat, warm)
+            lp, sol = self.solve_lp(u, v, pat, warm, deadline)
             out.lp_solves += lp is not None
+            if lp is not None and not sol.ok and sol.termination is Termination.TIME_LIMIT and _past(deadline):
+                out.timed_out = True
+                out.message = f"time budget reached at step {it + 1}"
+                break
             if lp is None or not sol.ok:
                 empty = lp is None or sol.termination is Termination.INFEASIBLE  # every solver agrees
                 if not empty:
@@ -410,6 +435,10 @@ class PatternDescent:
             seen.add(key)
             pat = nxt
         return out
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _row_space_equalities(Eu, Ev, b: np.ndarray):
