@@ -23,7 +23,7 @@ from .errors import SolverError
 DEFAULT_PROFILE = "descent-activeset"
 #: the LP backend a descent profile uses under l-inf / l1 when its own backend solves only
 #: cone LPs (activeset) and the profile names no ``lp_backend``
-DEFAULT_LP_BACKEND = "highs"
+DEFAULT_LP_BACKEND = "ipm"
 METHODS = ("closed_form", "descent", "faithful", "exact")
 STARTS = ("midpoint", "shallower")
 

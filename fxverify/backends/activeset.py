@@ -87,6 +87,10 @@ class _LeastNorm:
         self.Cn[self.Cn == 0] = 1.0
         self.n_eq = A.shape[0]
         self._gram = None  # (working set, Ku, Kv) of the last fixed-set root
+        # dense rows touching one point only (the descent's): products with a row can skip the
+        # other point's zero half
+        self._half = (not self.sparse) and C.shape[0] > 0 and bool(
+            np.all((C[:, :r] == 0).all(axis=1) | (C[:, r:] == 0).all(axis=1)))
 
     def _rows(self, idx):
         """Rows (in x) and right-hand sides of working-set entries."""
@@ -117,7 +121,17 @@ class _LeastNorm:
                 G = self._gram[1] * (sc[0] * sc[0]) + self._gram[2] * (sc[-1] * sc[-1])
             else:
                 G = N @ N.T
-            L = scipy.linalg.cholesky(G, lower=True, check_finite=False)
+            try:
+                L = scipy.linalg.cholesky(G, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                # a warm start whose rows depend on each other (after a pattern change a row and
+                # the rows of neighbouring units can): keep the equalities and a maximal
+                # independent subset of the rest instead of starting afresh
+                keep = _independent_subset(W, G)
+                if keep is None or len(keep) == len(W):
+                    raise
+                W = keep
+                continue
             pi = -scipy.linalg.cho_solve((L, True), e, check_finite=False)
             neg = (pi < 0) & (np.asarray(W) >= 0)
             if not neg.any():
@@ -152,12 +166,20 @@ class _LeastNorm:
             p = int(np.argmax(s)) if s.size else -1
             if p < 0 or s[p] <= self.tol:
                 return y * sc, W, pi
-            ap = (self.C[p].toarray().ravel() if self.sparse else self.C[p]) * sc  # the row in y-space
+            if self.sparse:  # the row in y-space, and its non-zero columns
+                row = self.C[p]
+                nz = row.indices
+                ap = np.zeros(2 * r)
+                ap[nz] = row.data
+                ap *= sc
+            else:
+                ap = self.C[p] * sc
+                nz = np.flatnonzero(ap) if self._half else None
             piP = 0.0
             while True:  # move along constraint p until it is satisfied (full step) or a drop
                 N, L = Nb[:k], Lb[:k, :k]
                 if k:
-                    Nap = N @ ap
+                    Nap = N @ ap if nz is None or nz.size > r else N[:, nz] @ ap[nz]
                     rr = _cho_solve_view(L, Nap)
                     z = ap - N.T @ rr
                 else:
@@ -265,6 +287,28 @@ class _LeastNorm:
             return False
         s = (self.C @ x - self.h) / self.Cn
         return not s.size or float(s.max()) <= self.tol
+
+
+def _independent_subset(W: list[int], G: np.ndarray) -> list[int] | None:
+    """The equalities of the working set W (entries < 0) and a maximal linearly independent
+    subset of its inequality rows, by a pivoted Cholesky factorisation of their Gram matrix G
+    after projecting out the equalities; None when the equalities themselves are dependent."""
+    Wa = np.asarray(W)
+    ie, ii = np.flatnonzero(Wa < 0), np.flatnonzero(Wa >= 0)
+    S = G[np.ix_(ii, ii)]
+    if ie.size:
+        try:
+            Le = scipy.linalg.cholesky(G[np.ix_(ie, ie)], lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return None
+        T = scipy.linalg.solve_triangular(Le, G[np.ix_(ie, ii)], lower=True, check_finite=False)
+        S = S - T.T @ T
+    if not ii.size:
+        return list(W)
+    tol = 1e-10 * max(float(np.max(np.diag(G))), 1e-300)
+    _, piv, rank, _ = scipy.linalg.lapack.dpstrf(S, lower=1, tol=tol)
+    keep = set(ie.tolist()) | set(ii[piv[:rank] - 1].tolist())
+    return [w for k, w in enumerate(W) if k in keep]
 
 
 def _cho_solve_view(L: np.ndarray, b: np.ndarray) -> np.ndarray:

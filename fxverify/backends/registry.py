@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "gurobi": "fxverify.backends.pyomo_backends:GurobiBackend",
     "mosek": "fxverify.backends.pyomo_backends:MosekBackend",
     "highs": "fxverify.backends.highs_backend:HighsBackend",
+    "ipm": "fxverify.backends.ipm:IpmBackend",
 }
 
 
