@@ -536,7 +536,7 @@ class _KKT:
                 alpha, g, rho = soc[k].hessian_tail()
                 diag += alpha
                 self.sig_elim.append(None)
-            self.fac.append(_PointFactor(p, Dr, diag, g, rho))
+            self.fac.append(_PointFactor(p, Dr, diag, g, rho, width=1 + q))
             kp.append(k_vec)
         self.kp = kp
         self.Htt = Htt
@@ -605,7 +605,7 @@ class _KKT:
                        + [float(np.abs(by).max(initial=0.0))])
             err = max([float(np.abs(v).max(initial=0.0)) for v in rx + rs] + [abs(rt)]
                       + [float(np.abs(ry).max(initial=0.0))])
-            if not err > 1e-14 * max(size, 1e-300):
+            if not err > 1e-12 * max(size, 1e-300):
                 break
             c = self._solve(rx, rs, rt, ry)
             sol = ([sol[0][k] + c[0][k] for k in range(2)], [sol[1][k] + c[1][k] for k in range(len(c[1]))],
@@ -663,14 +663,18 @@ class _PointFactor:
     """(C' diag(Dr) C + diag(d) + rho g g')^-1, by the normal equations (r x r Cholesky, from
     the rows whose weight matters) or by the Woodbury identity (m x m) when m < r."""
 
-    def __init__(self, p: _Point, Dr: np.ndarray, d: np.ndarray, g, rho: float):
+    def __init__(self, p: _Point, Dr: np.ndarray, d: np.ndarray, g, rho: float, width: int = 1):
         self.r = p.r
         self.d = d
         m = p.m
         # the Woodbury identity inverts diag(d): only when d is not nearly singular (l1's
         # diagonal vanishes on the coordinates at the ball's face)
         well = d.size == 0 or float(d.min()) > 1e-10 * float(d.max())
-        self.mode = "woodbury" if (m < p.r // 2 and not p.sparse and well) else "normal"
+        # flops of each way to factor and apply the inverse to ``width`` columns
+        r_ = p.r
+        normal = m * r_ * r_ + r_ ** 3 / 3 + 2 * r_ * r_ * width
+        woodbury = m * m * r_ + m ** 3 / 3 + 2 * m * r_ * width + 2 * m * m * width
+        self.mode = "woodbury" if (woodbury < normal and not p.sparse and well) else "normal"
         if self.mode == "normal":
             keep = np.arange(m)
             if m > p.r and m:
