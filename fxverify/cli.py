@@ -996,6 +996,17 @@ def _quiet_libraries() -> None:
 
     if not sys.warnoptions:  # python -W ... / PYTHONWARNINGS: the user asked for them
         warnings.simplefilter("ignore", RuntimeWarning)
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        # a warning that is shown (matplotlib's missing glyph, ...) is one escaped line, never
+        # the raw text and source line Python prints
+        try:
+            print(f"warning: {printable(' '.join(str(message).split()))} ({category.__name__})",
+                  file=sys.stderr if file is None else file)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    warnings.showwarning = one_line
     try:
         import onnxruntime
 
