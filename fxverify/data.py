@@ -151,6 +151,9 @@ def read_idx(path: str | Path) -> np.ndarray:
             if ndim == 0 or len(raw_dims) < 4 * ndim:
                 raise DataError(f"{p} is not an IDX file (bad header)")
             dims = struct.unpack(f">{ndim}I", raw_dims)
+            if 0 in dims:
+                raise DataError(f"{p} declares an empty array of shape {list(dims)}; an IDX file of images or labels "
+                                f"holds at least one")
             need = math.prod(dims) * dtype.itemsize  # Python integers: no overflow
             if not gz:
                 size = os.fstat(f.fileno()).st_size
@@ -159,7 +162,16 @@ def read_idx(path: str | Path) -> np.ndarray:
                                     f"{header + need}")
             elif need > _IDX_MAX_BYTES:
                 raise DataError(f"{p} is corrupt: the header {list(dims)} declares {need} bytes of data")
-            data = f.read(need + 1)  # one more: trailing bytes mean a corrupt file
+            # one more: trailing bytes mean a corrupt file. In chunks: a gzip header may declare
+            # gigabytes the stream does not hold, and one read would allocate them all first
+            chunks, got = [], 0
+            while got < need + 1:
+                chunk = f.read(min(need + 1 - got, 1 << 24))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            data = b"".join(chunks)
     except DataError:
         raise
     except FileNotFoundError:

@@ -79,6 +79,32 @@ KNOWN_FAILURES: dict[str, str] = {
         "the meta rows deleted, then another model's run",
         "a matrix row naming ../ outside the store (sha256 matching)")}
 
+#: The quick subset (CI, tests/test_fault_sweep.py): one or two cases of every class, about a
+#: minute on two idle cores. Named here, in one place; the cases' own ``quick`` flags are reset to it.
+QUICK = frozenset({
+    "onnx: garbage bytes", "onnx: tiny model truncated at 16240 of 32480 bytes", "onnx: NaN weights",
+    "onnx: Sigmoid cut requested via --cuts", "spec: control (valid base spec)", "spec: not JSON",
+    "spec: wrong type for classes: '3,7'", "data: npz is garbage bytes", "data: values already in [0, 1] with divide_255",
+    "idx: images truncated", "profile: unknown backend", "-o max_iterations=7 is honoured", "bound --jobs 0",
+    "bound --eps a,b", "bound --n 2 --eps 0,0.25 --norm linf --classes 1,8 are honoured",
+    "out: results.sqlite garbled (middle)", "out: store of another model in the same --out",
+    "out: standard output is /dev/full (bound)", "out: store locked by a running fxverify",
+    "SIGTERM of a running bound --jobs 2",
+    # hostile and careless input (issues 23 and 24)
+    "tty: inspect of a model with escapes in producer, node and input names",
+    "extdata: inspect from another working directory agrees with onnxruntime",
+    "extdata: location is '..' out of the model's directory",
+    "sparse: a sparse_initializer loads and agrees with onnxruntime",
+    "size: Loop with trip count 10^12 folded at load", "size: input of 10^8 values",
+    "spec+: duplicate top-level key (eps twice)", "spec+: selection seed 1e20", "cli+: --time-budget 1e10",
+    "path: a 5,000-character model path", "data+: IDX float labels 3.7 / 7.2 are refused, not truncated",
+    "api: collide(method='bogus')", "api: collide with u as a list of strings",
+    "api: lower_bounds with the grid as a string", "limit: prlimit --as 500 MB, bound --jobs 1",
+    "limit: prlimit --nofile=16, bound --jobs 2", "env: stdout closed (>&-), inspect",
+    "env: stderr on /dev/full keeps exit 2", "env: stdout a broken pipe (inspect | head)",
+    "env: onnxruntime cannot run the model: no third-party log line before the error",
+})
+
 VERDICTS = ("clean error", "ok", "traceback", "silent result", "outside access", "hang", "other")
 BAD = ("traceback", "silent result", "outside access", "hang", "other")
 
@@ -2259,6 +2285,11 @@ def main(argv=None) -> int:
     try:
         common_setup()
         cases = build_cases() + hostile_cases()
+        unknown = {n for n in QUICK - {c.name for c in cases}
+                   if not n.startswith("limit:") and "/dev/full" not in n}  # those need prlimit, /dev/full
+        assert not unknown, f"QUICK names unknown cases: {unknown}"
+        for c in cases:
+            c.quick = c.name in QUICK
         names = [c.name for c in cases]
         dup = {n for n in names if names.count(n) > 1}
         assert not dup, f"duplicate case names: {dup}"
