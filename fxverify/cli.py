@@ -990,8 +990,8 @@ def _standard_streams() -> str | None:
 
 def _quiet_libraries() -> None:
     """Third-party chatter must not come before (or instead of) fxverify's own line: numpy's
-    RuntimeWarnings (bad input is checked and named by fxverify itself), and onnxruntime's C++
-    log, whose errors fxverify reports as one line."""
+    RuntimeWarnings (bad input is checked and named by fxverify itself) are not shown, other
+    warnings are one escaped line."""
     import warnings
 
     if not sys.warnoptions:  # python -W ... / PYTHONWARNINGS: the user asked for them
@@ -1007,12 +1007,7 @@ def _quiet_libraries() -> None:
             pass
 
     warnings.showwarning = one_line
-    try:
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(4)
-    except Exception:  # onnxruntime missing or broken: load_model reports it with one line
-        pass
+    # onnxruntime's C++ log: fxverify.reference.quiet_onnxruntime, wherever onnxruntime is loaded
 
 
 def run() -> None:  # console-script entry point
