@@ -24,7 +24,7 @@ from rich.markup import escape as _markup_escape
 from rich.table import Table
 
 from . import __version__
-from .errors import FxverifyError, ResourceError, printable
+from .errors import FxverifyError, printable
 
 app = typer.Typer(name="fxverify", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Lower bounds on the robust loss of any classifier trained on a fixed feature extractor.")
@@ -1052,7 +1052,7 @@ def _run_app(usage_error, click_error) -> int:
         sys.stdout.flush()  # output still buffered must reach its file now, or be one error line
     except typer.Exit as exit_:
         code = exit_.exit_code
-    except (OSError, SystemExit) as err:  # SystemExit: click's own exit 1 on a broken pipe
+    except (OSError, SystemExit):  # SystemExit: click's own exit 1 on a broken pipe
         failed = _stdout_failed()
         if failed is None:
             raise

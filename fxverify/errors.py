@@ -60,11 +60,6 @@ class SolverError(FxverifyError):
     """A solver or solver profile is unknown, not installed, or not licensed."""
 
 
-class ResourceError(FxverifyError):
-    """The machine or the process limits cannot hold the run: memory (``ulimit -v``, ``prlimit
-    --as``), open files (``ulimit -n``), threads or processes."""
-
-
 class ArgumentError(FxverifyError, TypeError):
     """A documented function was called with an argument of the wrong type or value (a
     ``TypeError`` too, for callers that catch those)."""
