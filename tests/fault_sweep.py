@@ -25,8 +25,9 @@ and classifies the outcome:
 
 One line per case, then the totals; the exit code is 1 when any case is ``traceback``,
 ``silent result``, ``outside access``, ``hang`` or ``other`` (cases listed in
-``KNOWN_FAILURES`` are reported as such and do not fail the sweep). ``--quick`` runs a subset
-of about 60 cases (about a minute on two idle cores); the full sweep runs about 520 cases.
+``KNOWN_FAILURES`` are reported as such and do not fail the sweep). ``--quick`` runs the 40
+cases named in ``QUICK`` (about a minute on two cores); the full sweep runs 551 cases (about 26
+minutes on two shared cores).
 
 Besides the command line, the sweep drives the documented Python API (``api:`` cases: a short
 script whose FxverifyError becomes one ``error:`` line and exit 2, anything else a traceback)
