@@ -153,10 +153,31 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     (default ``out/MODEL__SPEC``). ``write``: also write results.json, results.csv and the plots.
     Call it under ``if __name__ == "__main__":`` in scripts (the local executor spawns workers).
     """
+    from . import _checks
     from .config import resolve_run
     from .executors import make_executor
     from .spec import Spec, parse_spec
 
+    _checks.path_or_network(model)
+    _checks.optional_path(out, "out")
+    solver = _checks.solver(solver)
+    _checks.options(solver_options)
+    _checks.count(jobs, "jobs")
+    _checks.text(executor, "executor", optional=False)
+    _checks.text(address, "address")
+    _checks.text(order, "order", optional=False)
+    _checks.count(n, "n")
+    eps = None if eps is None else _checks.budget_grid(eps, "eps")
+    if cuts is not None and cuts != "all":
+        cuts = [_checks.text(c, f"cuts[{k}]", optional=False) for k, c in enumerate(_checks.sequence(
+            cuts, "cuts", "cut names (or 'all')"))]
+    classes = None if classes is None else _checks.int_list(classes, "classes")
+    _checks.text(norm, "norm")
+    if time_budget is not None:
+        _checks.real_number(time_budget, "time_budget")
+    exhaustive, write = _checks.flag(exhaustive, "exhaustive"), _checks.flag(write, "write")
+    if progress is not None and not callable(progress):
+        raise SpecError(f"progress must be a callable (stage, done, total), not {type(progress).__name__}")
     if isinstance(spec, dict):
         spec = parse_spec(spec, ".", "spec")
     elif not isinstance(spec, (Spec, str, os.PathLike)):

@@ -133,17 +133,20 @@ def ce_optimal_q(adj: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
 def lower_bounds(eps, grid) -> list[BoundRecord]:
     """Bounds at every budget of ``grid`` from the n_a x n_b matrix ``eps`` of per-pair budgets
     (``inf`` where no verified collision exists). Uniform weight 1/n over n = n_a + n_b points."""
-    E = np.asarray(eps, dtype=np.float64)
+    from . import _checks
+
+    E = _checks.real_array(eps, "eps").astype(np.float64)
     if E.ndim != 2:
         raise FxverifyError(f"eps must be an n_a x n_b matrix, got shape {E.shape}")
     if np.isnan(E).any():
         raise FxverifyError("eps contains NaN (use inf for pairs without a verified collision)")
+    if E.size and E.min() < 0:
+        raise FxverifyError(f"eps holds negative budgets (the smallest is {E.min():g}); a budget is a distance, "
+                            f"at least 0 (inf where no verified collision)")
+    grid = _checks.budget_grid(grid, "grid")
     n = E.shape[0] + E.shape[1]
     out = []
     for g in grid:
-        g = float(g)
-        if not (g >= 0 and math.isfinite(g)):
-            raise FxverifyError(f"budget {g!r} in the grid is not a finite non-negative number")
         adj = conflict_graph(E, g)
         out.append(BoundRecord(eps=g, edges=int(adj.nnz), loss01_lower=max_matching(adj) / n if n else 0.0,
                                ce_lower=ce_lower_bound(adj, n)))

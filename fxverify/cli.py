@@ -6,33 +6,73 @@ Every error a user can cause prints one line (``error: ...``) on stderr and exit
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
-
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.table import Table
 
 from . import __version__
-from .errors import FxverifyError
+from .errors import FxverifyError, printable
 
 app = typer.Typer(name="fxverify", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Lower bounds on the robust loss of any classifier trained on a fixed feature extractor.")
 EXIT_USER_ERROR = 2
 
 
+def escape(text) -> str:
+    """Text read from a file or given on the command line, for rich: its terminal control
+    characters and bidirectional overrides escaped (:func:`fxverify.errors.printable`), and its
+    square brackets not read as markup."""
+    return _markup_escape(printable(text))
+
+
+class _Console(Console):
+    """rich's console, but a write that fails (a closed pipe: ``fxverify inspect M | head``)
+    ends the command with one error line and exit code 2, like any other failed write to
+    standard output; rich's own handling would exit 1 without a word."""
+
+    def on_broken_pipe(self) -> None:
+        err = BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        watched = sys.stdout if isinstance(sys.stdout, _WatchedStdout) else (_WATCHED[-1] if _WATCHED else None)
+        if watched is not None and watched.error is None:
+            watched.error = err
+        raise err
+
+
 def _console() -> Console:
-    return Console(soft_wrap=False, width=max(100, Console().width))
+    return _Console(soft_wrap=False, width=max(100, Console().width))
+
+
+def _silence(fd: int) -> None:
+    """Point ``fd`` at /dev/null (what is left to write there, e.g. at exit, goes nowhere)."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    except OSError:
+        pass
+
+
+def _say_error(message: str) -> None:
+    """Print ``error: message`` on stderr. A stderr that cannot be written (``2>/dev/full``, a
+    closed pipe) loses the line but never changes the exit code."""
+    try:
+        print(f"error: {printable(message)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        _silence(2)
 
 
 class Terminated(BaseException):
@@ -71,8 +111,14 @@ class _WatchedStdout:
         return getattr(self._inner, name)
 
 
+#: the watched standard output of this process (run() installs it; click may wrap it later)
+_WATCHED: list[_WatchedStdout] = []
+
+
 def _stdout_failed() -> OSError | None:
-    return sys.stdout.error if isinstance(sys.stdout, _WatchedStdout) else None
+    if isinstance(sys.stdout, _WatchedStdout):
+        return sys.stdout.error
+    return _WATCHED[-1].error if _WATCHED else None
 
 
 def _stdout_error_exit(err: OSError) -> None:
@@ -83,8 +129,108 @@ def _stdout_error_exit(err: OSError) -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
-    print(f"error: cannot write to standard output: {err.strerror or err}", file=sys.stderr)
+    _say_error(f"cannot write to standard output: {err.strerror or err}")
     raise typer.Exit(EXIT_USER_ERROR)
+
+
+#: After SIGTERM or Ctrl-C, the main thread has this long to unwind (stop workers, roll back the
+#: store) before the process ends anyway: code that never returns to Python (a native library
+#: spinning on a failed allocation) cannot delay the end.
+SIGNAL_GRACE_SECONDS = 20.0
+
+
+@contextlib.contextmanager
+def _signal_watchdog():
+    """Watch SIGTERM and SIGINT below Python: the interpreter's C handler writes each signal's
+    number to a socket (``signal.set_wakeup_fd``) even while the main thread is stuck in native
+    code; a thread reading it ends the process with the usual line and exit code when the main
+    thread has not ended the command within :data:`SIGNAL_GRACE_SECONDS`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        rsock, wsock = socket.socketpair()
+        wsock.setblocking(False)
+        previous = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+    except (OSError, ValueError):  # no sockets left: run without the watchdog
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        try:
+            while not done.is_set():
+                data = rsock.recv(16)
+                if not data:
+                    return
+                for signum in data:
+                    if signum in (signal.SIGTERM, signal.SIGINT) and not done.wait(SIGNAL_GRACE_SECONDS):
+                        line = ("error: terminated (SIGTERM)" if signum == signal.SIGTERM else "error: interrupted")
+                        try:
+                            os.write(2, f"{line}; the command did not stop within "
+                                        f"{SIGNAL_GRACE_SECONDS:g} s, ended at once\n".encode())
+                        except OSError:
+                            pass
+                        os._exit(128 + signum)
+        except OSError:
+            return
+
+    watcher = threading.Thread(target=watch, name="fxverify-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        try:
+            signal.set_wakeup_fd(previous)
+        except (OSError, ValueError):
+            pass
+        for sock in (wsock, rsock):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def _resource_message(err: BaseException) -> str | None:
+    """One line for a failure of the machine's or the process's limits, or None when ``err``
+    is not one (a bug: let it show)."""
+    limit = _address_limit()
+    mem_hint = (f"the address-space limit is {_size(limit)} (ulimit -v / prlimit --as): raise it, or analyse "
+                f"fewer points or a smaller model" if limit else "free memory, or analyse fewer points or a "
+                "smaller model")
+    if isinstance(err, MemoryError):
+        what = str(err).strip() or "an allocation failed"
+        return f"out of memory: {what}; {mem_hint}"
+    if isinstance(err, ImportError):
+        text = str(err)
+        if any(s in text for s in ("failed to map segment", "cannot allocate memory", "Cannot allocate memory")):
+            return f"out of memory while loading a library ({text.split(':')[-1].strip()}); {mem_hint}"
+        return None
+    if isinstance(err, RuntimeError) and "can't start new thread" in str(err):
+        return (f"cannot start a thread: the process or memory limits are exhausted ({mem_hint}; or raise "
+                f"ulimit -u)")
+    if isinstance(err, OSError):
+        import resource
+
+        where = f" ({printable(err.filename)})" if getattr(err, "filename", None) else ""
+        if err.errno in (errno.EMFILE, errno.ENFILE):
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            return (f"too many open files{where}: the limit is {soft} (ulimit -n); raise it, or run with fewer "
+                    f"--jobs")
+        if err.errno == errno.ENOMEM:
+            return f"out of memory{where}: {err.strerror}; {mem_hint}"
+        if err.errno == errno.EAGAIN and "fork" in str(err).lower():
+            return "cannot start a process: the process limit is reached (ulimit -u)"
+        if err.errno == errno.ENAMETOOLONG:
+            return f"file name too long{where[:200] + ('...)' if len(where) > 200 else '')}"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on the device{where}: {err.strerror}; free some space and run the command again"
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where}: {err.strerror}"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EIO):
+            return f"{err.strerror}{where}"
+    return None
 
 
 def user_errors(fn):
@@ -97,16 +243,27 @@ def user_errors(fn):
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return fn(*args, **kwargs)
+            with _signal_watchdog():
+                return fn(*args, **kwargs)
         except FxverifyError as err:
-            print(f"error: {err}", file=sys.stderr)
+            _say_error(str(err))
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+            _say_error("interrupted")
             raise typer.Exit(130) from None
         except Terminated:
-            print("error: terminated (SIGTERM); results stored so far are kept", file=sys.stderr)
+            _say_error("terminated (SIGTERM); results stored so far are kept")
             raise typer.Exit(128 + signal.SIGTERM) from None
+        except (MemoryError, ImportError, RuntimeError, OSError) as err:
+            if isinstance(err, OSError) and _stdout_failed() is not None:
+                # a failed write to standard output (a full device, a closed pipe): one line, exit
+                # 2, here -- click would turn a broken pipe into a silent exit 1
+                _stdout_error_exit(_stdout_failed())
+            message = _resource_message(err)
+            if message is None:
+                raise
+            _say_error(message)
+            raise typer.Exit(EXIT_USER_ERROR) from None
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -146,8 +303,8 @@ def inspect(model: ModelArg,
         print(json.dumps(s, indent=2))
         return
     con = _console()
-    con.print(f"[bold]{escape(s['path'])}[/bold]  sha256 {s['sha256'][:16]}…  {escape(s['producer'] or 'unknown producer')}, "
-              f"opset {s['opset']}")
+    con.print(f"[bold]{escape(s['path'])}[/bold]  sha256 {s['sha256'][:16]}...  "
+              f"{escape(s['producer'] or 'unknown producer')}, opset {s['opset']}")
     con.print(f"input {escape(repr(s['input_name']))} ONNX shape {_shape(s['onnx_input_shape'])} -> one sample "
               f"{_shape(s['input_shape'])} ({s['input_dim']} values)")
     t = Table(show_edge=False, header_style="bold")
@@ -156,18 +313,19 @@ def inspect(model: ModelArg,
     per_cut = s["agreement"]["per_cut"]
     t.add_row("input", "", "", "", _shape(s["input_tensor_shape"]), "", f"{per_cut['input']:.2e}")
     for row in s["layers"]:
-        t.add_row(row["name"], row["kind"], " ".join(o.split(" ")[0] for o in row["ops"]), _shape(row["in_shape"]),
-                  _shape(row["out_shape"]), f"{row['params']:,}", f"{row['max_abs_diff']:.2e}")
+        t.add_row(escape(row["name"]), escape(row["kind"]), escape(" ".join(o.split(" ")[0] for o in row["ops"])),
+                  _shape(row["in_shape"]), _shape(row["out_shape"]), f"{row['params']:,}",
+                  f"{row['max_abs_diff']:.2e}")
     con.print(t)
-    con.print(f"cuts: {', '.join(s['cuts'])}")
+    con.print(f"cuts: {escape(', '.join(s['cuts']))}")
     if s["unavailable"]:
-        con.print(f"[yellow]unavailable[/yellow] (not computed): {', '.join(u['cut'] for u in s['unavailable'])}")
+        con.print(f"[yellow]unavailable[/yellow] (not computed): {escape(', '.join(u['cut'] for u in s['unavailable']))}")
     for why in s["unsupported"]:
         con.print(f"[yellow]not supported[/yellow]: {escape(why)}")
     con.print(f"parameters: {s['params']:,}")
     r = s["first_affine"]
     if r:
-        con.print(f"first affine map {r['name']}: {r['out_dim']} x {r['in_dim']}, rank {r['rank']}")
+        con.print(f"first affine map {escape(r['name'])}: {r['out_dim']} x {r['in_dim']}, rank {r['rank']}")
     a = s["agreement"]
     verdict = "[green]agrees[/green]" if a["ok"] else "[red]DISAGREES[/red]"
     con.print(f"onnxruntime check: {verdict} on {a['n_inputs']} random inputs, max abs difference "
@@ -568,7 +726,7 @@ def gap(model: ModelArg, spec: SpecOpt,
 def _check_jobs(value: int | None) -> int | None:
     """--jobs below 1 is one error line (exit 2), not a usage box."""
     if value is not None and value < 1:
-        print(f"error: --jobs must be at least 1 (got {value})", file=sys.stderr)
+        _say_error(f"--jobs must be at least 1 (got {value})")
         raise typer.Exit(EXIT_USER_ERROR)
     return value
 
@@ -587,6 +745,8 @@ OrderOpt = Annotated[str, typer.Option("--order", help="Order of the descent pai
 
 
 def _print_distances(d, con) -> None:
+    import numpy as np
+
     t = Table(show_edge=False, header_style="bold")
     for col_name in ("cut", "method", "pairs done", "found", "failed", "n/a", "min eps", "median eps", "CPU s"):
         t.add_column(col_name, justify="left" if col_name in ("cut", "method") else "right")
@@ -609,6 +769,8 @@ def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: Solver
               solver_option: SolverOptionOpt = None, order: OrderOpt = "promise", n: NOpt = None,
               cuts: CutsOpt = None, classes: ClassesOpt = None, norm: NormOpt = None) -> None:
     """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
+    import numpy as np
+
     from .executors import make_executor
     from .pipeline import compute_distances
 
@@ -728,11 +890,11 @@ def compare(models: Annotated[list[Path], typer.Argument(help="ONNX models to co
     con = _console()
     t = Table(show_edge=False, header_style="bold")
     for col_name in ("eps", *labels):
-        t.add_column(col_name, justify="right")
+        t.add_column(escape(col_name), justify="right")
     first = next(iter(results.values()))
     for k, r in enumerate(first.cut(cut).records):
         t.add_row(f"{r.eps:g}", *(f"{results[lab].cut(cut).records[k].ce_lower:.4f}" for lab in labels))
-    con.print(f"cross-entropy lower bound at {cut}:")
+    con.print(f"cross-entropy lower bound at {escape(cut)}:")
     con.print(t)
     con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
 
@@ -755,39 +917,161 @@ def _usage_error_line(err) -> str:
     return f"error: {msg}"
 
 
+#: The least address space (``ulimit -v``, ``prlimit --as``) the command line starts under.
+#: numpy, scipy, onnxruntime and the solvers map about 0.5 GB before any work, at one BLAS
+#: thread; under less, imports fail at random places, and a BLAS library out of memory retries
+#: its allocation without end instead of failing. Checked before any of them is loaded.
+MIN_ADDRESS_SPACE = 1 << 30
+#: The fewest open files (``ulimit -n``) a run needs: libraries, the store, worker pipes.
+MIN_OPEN_FILES = 64
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def _address_limit() -> int | None:
+    """The process's address-space limit in bytes (the smaller of RLIMIT_AS and RLIMIT_DATA),
+    or None when there is none."""
+    from .linops import address_space_limit
+
+    return address_space_limit()
+
+
+def _check_limits() -> str | None:
+    """Why this process cannot run fxverify (memory or open-file limits), or None. A soft
+    open-file limit below what a run needs is raised to the hard limit first."""
+    import resource
+
+    limit = _address_limit()
+    if limit is not None and limit < MIN_ADDRESS_SPACE:
+        return (f"the address-space limit is {_size(limit)} (ulimit -v / prlimit --as), below the "
+                f"{_size(MIN_ADDRESS_SPACE)} fxverify needs to load numpy, scipy, onnxruntime and its solvers; "
+                f"raise the limit")
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < 1024:
+            want = 1024 if hard == resource.RLIM_INFINITY else min(hard, 1024)
+            if want > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+        if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+            return (f"the open-file limit is {soft} (ulimit -n), below the {MIN_OPEN_FILES} fxverify needs; "
+                    f"raise the limit")
+    except (ValueError, OSError):
+        pass
+    return None
+
+
+def _standard_streams() -> str | None:
+    """Make the three standard descriptors safe to use: a closed one is opened on /dev/null
+    (else the next file opened -- the store -- would take its number and receive what a
+    library prints); text that the terminal's encoding cannot show is written escaped. Returns
+    an error when standard output is closed."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+            _silence(fd)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")
+        return "standard output is closed; redirect it to a file or to /dev/null instead of closing it"
+    return None
+
+
+def _quiet_libraries() -> None:
+    """Third-party chatter must not come before (or instead of) fxverify's own line: numpy's
+    RuntimeWarnings (bad input is checked and named by fxverify itself) are not shown, other
+    warnings are one escaped line."""
+    import warnings
+
+    if not sys.warnoptions:  # python -W ... / PYTHONWARNINGS: the user asked for them
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        # a warning that is shown (matplotlib's missing glyph, ...) is one escaped line, never
+        # the raw text and source line Python prints
+        try:
+            print(f"warning: {printable(' '.join(str(message).split()))} ({category.__name__})",
+                  file=sys.stderr if file is None else file)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    warnings.showwarning = one_line
+    # onnxruntime's C++ log: fxverify.reference.quiet_onnxruntime, wherever onnxruntime is loaded
+
+
 def run() -> None:  # console-script entry point
+    problem = _standard_streams()
+    if problem is None:
+        problem = _check_limits()
+    if problem is not None:
+        _say_error(problem)
+        sys.exit(EXIT_USER_ERROR)
     # one BLAS thread in this process too (workers have theirs): the descent's LPs are small
     # dense problems on which threaded BLAS only contends (on a loaded machine, by a factor of
-    # ten and more)
-    from .executors import _one_blas_thread
-
+    # ten and more). Set before numpy is loaded: a BLAS started with one thread also maps one
+    # thread's buffers, not one per core (spawned workers inherit it).
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     usage_error, click_error = _click_errors()
     sys.stdout = _WatchedStdout(sys.stdout)
-    with _one_blas_thread():
+    _WATCHED.append(sys.stdout)
+    code = EXIT_USER_ERROR
+    try:
+        with _signal_watchdog():
+            _quiet_libraries()
+            from .executors import _one_blas_thread
+
+            with _one_blas_thread():
+                code = _run_app(usage_error, click_error)
+    except (MemoryError, ImportError, RuntimeError, OSError) as err:  # before or after a command ran
+        message = _resource_message(err)
+        if message is None:
+            raise
+        _say_error(message)
+        code = EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _say_error("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _run_app(usage_error, click_error) -> int:
+    try:
+        code = app(standalone_mode=False)
+        sys.stdout.flush()  # output still buffered must reach its file now, or be one error line
+    except typer.Exit as exit_:
+        code = exit_.exit_code
+    except (OSError, SystemExit):  # SystemExit: click's own exit 1 on a broken pipe
+        failed = _stdout_failed()
+        if failed is None:
+            raise
         try:
-            code = app(standalone_mode=False)
-            sys.stdout.flush()  # output still buffered must reach its file now, or be one error line
+            _stdout_error_exit(failed)
         except typer.Exit as exit_:
             code = exit_.exit_code
-        except OSError as err:
-            if _stdout_failed() is None:
-                raise
-            try:
-                _stdout_error_exit(err)
-            except typer.Exit as exit_:
-                code = exit_.exit_code
-        except usage_error as err:
-            if type(err).__name__ == "NoArgsIsHelpError":  # bare `fxverify`: typer printed the help
-                text = str(err.format_message()).strip()
-                if text:
-                    print(text)
-            else:
-                print(_usage_error_line(err), file=sys.stderr)
-            code = EXIT_USER_ERROR
-        except click_error as err:
-            print(f"error: {' '.join(str(err.format_message()).split())}", file=sys.stderr)
-            code = EXIT_USER_ERROR
-        except typer.Abort:
-            print("error: aborted", file=sys.stderr)
-            code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+    except usage_error as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `fxverify`: typer printed the help
+            text = str(err.format_message()).strip()
+            if text:
+                print(text)
+        else:
+            _say_error(_usage_error_line(err)[len("error: "):])
+        code = EXIT_USER_ERROR
+    except click_error as err:
+        _say_error(" ".join(str(err.format_message()).split()))
+        code = EXIT_USER_ERROR
+    except typer.Abort:
+        _say_error("aborted")
+        code = 1
+    return code

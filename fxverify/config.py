@@ -110,6 +110,15 @@ def resolve_engine(solver: str | SolverProfile | None = None, norm: str | Norm |
     default profile; ``exact-scip`` when ``method="exact"``). Raises SolverError (one line) for
     unknown names, backends that cannot solve the norm's problems, unavailable solvers and bad
     options."""
+    from . import _checks
+    from .profiles import METHODS
+
+    solver = _checks.solver(solver)
+    if not isinstance(norm, Norm):
+        _checks.text(norm, "norm")
+    _checks.text(method, "method", METHODS)
+    _checks.text(check_solver, "check_solver")
+    domain = _checks.domain(domain)
     norm = get_norm(norm)
     if domain is not None and not isinstance(domain, Domain):
         lo, hi = (float(x) for x in domain)
@@ -268,9 +277,9 @@ def resolve_run(spec, *, solver: str | SolverProfile | None = None, solver_optio
     engine = resolve_engine(profile, spec.norm, getattr(spec, "domain", None))
     if time_budget is None:
         time_budget = spec.time_budget
-    if time_budget is not None and not (isinstance(time_budget, (int, float)) and time_budget > 0
-                                        and math.isfinite(time_budget)):
-        raise FxverifyError(f"time budget {time_budget!r} must be a positive number of seconds")
+    from .spec import check_time_budget
+
+    time_budget = check_time_budget(time_budget, "time budget")
     from .pipeline import ORDERS
 
     if order not in ORDERS:

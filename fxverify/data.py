@@ -93,6 +93,43 @@ class Points:
         return len(self.X_a) + len(self.X_b)
 
 
+#: class labels are integers of at most this magnitude (float labels are exact up to 2^53)
+MAX_LABEL = 2**53
+
+
+def _kind(p: Path, what: str) -> str:
+    """"missing", "file", "dir" or "other" (FIFO, device, socket); a path the system cannot
+    look up (a name too long, a loop of links) is a DataError naming the problem."""
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as err:
+        shown = str(p) if len(str(p)) <= 200 else str(p)[:200] + "..."
+        raise DataError(f"cannot open {what} {shown}: {err.strerror or err}") from None
+    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+
+def labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Class labels as int64: integer arrays, or float arrays holding whole numbers; never a
+    silent truncation (3.7 is not 3) or an overflow (1e20)."""
+    if y.dtype.kind not in "uif":
+        raise DataError(f"{where}: labels have dtype {y.dtype}, expected integer class labels")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{where}: labels contain NaN or infinite values")
+        frac = y != np.round(y)
+        if np.any(frac):
+            raise DataError(f"{where}: labels must be whole numbers, found {y[frac][0]:g} ({int(frac.sum())} "
+                            f"fractional labels); class labels are integers")
+    if y.size and (float(y.min()) < -MAX_LABEL or float(y.max()) > MAX_LABEL):
+        raise DataError(f"{where}: labels range from {y.min():g} to {y.max():g}; class labels are integers of at "
+                        f"most 2^53 in magnitude")
+    return y.astype(np.int64)
+
+
 # ---- IDX -----------------------------------------------------------------------------------
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (plain or gzip) into an array of its declared shape.
@@ -101,7 +138,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     declares more data than the file holds (or absurd sizes) is an error, never an allocation."""
     p = Path(path)
     gz = p.suffix == ".gz"
-    if p.exists() and not p.is_file():  # a directory, FIFO or device: opening a FIFO blocks
+    if _kind(p, "IDX file") not in ("file", "missing"):  # a directory, FIFO or device: opening a FIFO blocks
         raise DataError(f"{p} is not a regular file; an IDX file is expected")
     try:
         with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
@@ -114,6 +151,9 @@ def read_idx(path: str | Path) -> np.ndarray:
             if ndim == 0 or len(raw_dims) < 4 * ndim:
                 raise DataError(f"{p} is not an IDX file (bad header)")
             dims = struct.unpack(f">{ndim}I", raw_dims)
+            if 0 in dims:
+                raise DataError(f"{p} declares an empty array of shape {list(dims)}; an IDX file of images or labels "
+                                f"holds at least one")
             need = math.prod(dims) * dtype.itemsize  # Python integers: no overflow
             if not gz:
                 size = os.fstat(f.fileno()).st_size
@@ -122,7 +162,16 @@ def read_idx(path: str | Path) -> np.ndarray:
                                     f"{header + need}")
             elif need > _IDX_MAX_BYTES:
                 raise DataError(f"{p} is corrupt: the header {list(dims)} declares {need} bytes of data")
-            data = f.read(need + 1)  # one more: trailing bytes mean a corrupt file
+            # one more: trailing bytes mean a corrupt file. In chunks: a gzip header may declare
+            # gigabytes the stream does not hold, and one read would allocate them all first
+            chunks, got = [], 0
+            while got < need + 1:
+                chunk = f.read(min(need + 1 - got, 1 << 24))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            data = b"".join(chunks)
     except DataError:
         raise
     except FileNotFoundError:
@@ -141,24 +190,29 @@ def _find_idx(directory: Path, split: str, kind: str, rank: int) -> Path:
     for sep in ("-", "."):
         for ext in ("", ".gz"):
             p = directory / f"{prefix}-{kind}{sep}idx{rank}-ubyte{ext}"
-            if p.exists():
+            if _kind(p, "IDX file") != "missing":
                 return p
     raise DataError(f"no {split} {kind} file in {directory} (expected {prefix}-{kind}-idx{rank}-ubyte or .gz)")
 
 
 def load_idx_dir(directory: str | Path, split: str = "train") -> Dataset:
     d = Path(directory)
-    if d.exists() and not d.is_dir():
-        raise DataError(f"IDX directory {d} is not a directory (idx_dir names the folder holding the IDX files)")
-    if not d.is_dir():
+    kind = _kind(d, "IDX directory")
+    if kind == "missing":
         raise DataError(f"IDX directory not found: {d}")
+    if kind != "dir":
+        raise DataError(f"IDX directory {d} is not a directory (idx_dir names the folder holding the IDX files)")
     ip, lp = _find_idx(d, split, "images", 3), _find_idx(d, split, "labels", 1)
     X, y = read_idx(ip), read_idx(lp)
     if y.ndim != 1:
         raise DataError(f"{lp} holds an array of shape {y.shape}, expected labels (n,)")
     if len(X) != len(y):
         raise DataError(f"{ip} has {len(X)} images but {lp} has {len(y)} labels")
-    return Dataset(X=X.reshape(len(X), -1), y=y.astype(np.int64), image_shape=tuple(X.shape[1:]),
+    if X.ndim < 2 or len(X) == 0 or X.size == 0:
+        raise DataError(f"{ip} holds an array of shape {X.shape}, expected images (n, h, w) with n > 0")
+    if X.dtype.kind == "f" and not np.all(np.isfinite(X)):
+        raise DataError(f"{ip} contains NaN or infinite values")
+    return Dataset(X=X.reshape(len(X), -1), y=labels(y, str(lp)), image_shape=tuple(X.shape[1:]),
                    origin=f"IDX {ip}", index=np.arange(len(X)))
 
 
@@ -167,10 +221,11 @@ def load_npz(path: str | Path, layout: str | None = None) -> Dataset:
     """Read ``X`` (n x d, n x h x w, or 4-D with ``layout`` "NCHW" / "NHWC"), ``y`` and the
     optional ``index`` (each image's position in its original file, default 0..n-1)."""
     p = Path(path)
-    if p.exists() and not p.is_file():
-        raise DataError(f"npz path {p} is not a regular file (a directory, FIFO or device)")
-    if not p.is_file():
+    kind = _kind(p, "npz file")
+    if kind == "missing":
         raise DataError(f"npz file not found: {p}")
+    if kind != "file":
+        raise DataError(f"npz path {p} is not a regular file (a directory, FIFO or device)")
     if layout is not None and layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r} (use {' or '.join(map(repr, LAYOUTS))})")
     try:
@@ -197,8 +252,7 @@ def load_npz(path: str | Path, layout: str | None = None) -> Dataset:
         raise DataError(f"{p}: y has shape {y.shape}, expected ({X.shape[0]},) to match X")
     if X.dtype.kind not in "uif":
         raise DataError(f"{p}: X has dtype {X.dtype}, expected numbers")
-    if y.dtype.kind not in "ui" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
-        raise DataError(f"{p}: y has dtype {y.dtype}, expected integer class labels")
+    y = labels(y, f"{p}: y")
     if X.dtype.kind == "f" and not np.all(np.isfinite(X)):
         raise DataError(f"{p}: X contains NaN or infinite values")
     if index is None:
@@ -210,7 +264,7 @@ def load_npz(path: str | Path, layout: str | None = None) -> Dataset:
         raise DataError(f"{p}: index has dtype {index.dtype}, expected integer positions")
     elif index.size and (index.min() < 0 or index.max() > np.iinfo(np.int64).max):
         raise DataError(f"{p}: index holds negative or too large positions (from {index.min()} to {index.max()})")
-    return Dataset(X=X.reshape(len(X), -1), y=y.astype(np.int64), image_shape=tuple(int(s) for s in X.shape[1:]),
+    return Dataset(X=X.reshape(len(X), -1), y=y, image_shape=tuple(int(s) for s in X.shape[1:]),
                    origin=f"npz {p}", index=np.asarray(index, dtype=np.int64), layout=layout)
 
 

@@ -7,13 +7,33 @@ and exits with code 2. Anything else escaping the library is a bug in fxverify.
 
 from __future__ import annotations
 
+import re
+
+#: Characters that must never reach a terminal raw from a file: C0 controls but tab and
+#: newline (ESC starts ANSI and OSC sequences), DEL, C1 controls (0x9b is a one-byte CSI), and
+#: the bidirectional overrides, embeddings and isolates that make text read in another order.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match) -> str:
+    c = ord(match.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text) -> str:
+    """``text`` with every terminal control character and bidirectional override written as
+    an escape (``\\x1b``, ``\\u202e``): names, paths and producers read from files are shown,
+    never executed by the terminal."""
+    return _UNPRINTABLE.sub(_escape, str(text))
+
 
 class FxverifyError(Exception):
-    """Base class of all user-facing errors. ``str(err)`` is a single line."""
+    """Base class of all user-facing errors. ``str(err)`` is a single line, with anything a
+    terminal would interpret (escape sequences, bidirectional overrides) escaped."""
 
     def __init__(self, message: str) -> None:
         # One line, always: multi-line causes (protobuf, jsonschema) are folded.
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(printable(" ".join(str(message).split())))
 
 
 class ModelError(FxverifyError):
@@ -38,3 +58,8 @@ class CutError(FxverifyError):
 
 class SolverError(FxverifyError):
     """A solver or solver profile is unknown, not installed, or not licensed."""
+
+
+class ArgumentError(FxverifyError, TypeError):
+    """A documented function was called with an argument of the wrong type or value (a
+    ``TypeError`` too, for callers that catch those)."""

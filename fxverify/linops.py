@@ -19,13 +19,48 @@ import scipy.sparse as sp
 
 from .errors import ModelError
 
+
+def address_space_limit() -> int | None:
+    """The process's address-space limit in bytes (``ulimit -v``, ``prlimit --as``; the smaller
+    of RLIMIT_AS and RLIMIT_DATA), or None when there is none."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - non-POSIX
+        return None
+    limits = []
+    for name in ("RLIMIT_AS", "RLIMIT_DATA"):
+        which = getattr(resource, name, None)
+        if which is None:
+            continue
+        try:
+            soft, _ = resource.getrlimit(which)
+        except (ValueError, OSError):  # pragma: no cover
+            continue
+        if soft != resource.RLIM_INFINITY and soft >= 0:
+            limits.append(int(soft))
+    return min(limits) if limits else None
+
+
+#: What the libraries fxverify loads (numpy, scipy, onnxruntime, solvers) occupy of the address
+#: space before any model: not available to operators.
+LIBRARY_BYTES = 1 << 30
+
 #: No single operator (dense matrix or sparse non-zeros) may need more memory than this: the
-#: smaller of 8 GiB and half the machine's physical memory.
+#: smaller of 8 GiB, half the machine's physical memory and, under an address-space limit,
+#: a quarter of what the limit leaves beside the libraries (an operator is copied while it
+#: is built and multiplied).
 try:
     _PHYS = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
     _PHYS = 16 << 30
-MAX_OPERATOR_BYTES = int(min(8 << 30, _PHYS // 2))
+_LIMIT = address_space_limit()
+MAX_OPERATOR_BYTES = int(min(8 << 30, _PHYS // 2,
+                             max(_LIMIT - LIBRARY_BYTES, 64 << 20) // 4 if _LIMIT is not None else 8 << 30))
+
+#: The agreement check and the descent hold a few samples of every activation tensor in float64
+#: at once: a tensor may hold at most this many values (16.8 M with the 8 GiB limit; a
+#: 3 x 1024 x 1024 image is 3.1 M). Checked from the shapes, before anything is allocated.
+MAX_TENSOR_VALUES = MAX_OPERATOR_BYTES // (8 * 64)
 
 #: A sparse product denser than this is stored dense (when that fits).
 DENSE_FRACTION = 0.25
@@ -45,6 +80,13 @@ def require_dense(rows: int, cols: int, what: str) -> None:
     if need > MAX_OPERATOR_BYTES:
         raise TooLarge(f"{what} would need a dense {rows:,} x {cols:,} matrix ({_gib(need)}); the limit is "
                        f"{_gib(MAX_OPERATOR_BYTES)}")
+
+
+def require_values(count: int, what: str) -> None:
+    """Refuse (before allocating) a tensor of ``count`` values that is too large to evaluate."""
+    if count > MAX_TENSOR_VALUES:
+        raise TooLarge(f"{what} has {count:,} values, more than the {MAX_TENSOR_VALUES:,} fxverify can evaluate "
+                       f"in the memory it may use ({_gib(MAX_OPERATOR_BYTES)} per operator)")
 
 
 def require_sparse(nnz: int, rows: int, what: str) -> None:

@@ -45,7 +45,7 @@ import scipy.sparse as sp
 from onnx import numpy_helper
 
 from . import linops
-from .errors import AgreementError, ModelError
+from .errors import AgreementError, ArgumentError, ModelError
 from .ir import INPUT_CUT, Agreement, Linear, ModelSource, Network, Node, Unavailable
 from .linops import Map
 from .pieces import MaxPool, Relu
@@ -151,6 +151,8 @@ def _windows(spatial, kernel, out, pb, strides, dil, pe=None):
     With ``pe`` also returns a mask of positions inside the padded input (for
     count_include_pad)."""
     r = len(spatial)
+    linops.require_values(math.prod(out) * math.prod(kernel), f"a window table of {list(out)} windows of "
+                                                              f"{list(kernel)}")
     pos, inpad = [], []
     for d in range(r):
         p = np.arange(out[d])[:, None] * strides[d] - pb[d] + np.arange(kernel[d])[None, :] * dil[d]
@@ -190,9 +192,11 @@ def _const(node, consts, i, what):
 
 def _broadcast_shape(a, b):
     try:
-        return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
+        out = tuple(np.broadcast_shapes(tuple(a), tuple(b)))
     except ValueError:
         raise _Problem(f"shapes {tuple(a)} and {tuple(b)} do not broadcast") from None
+    linops.require_values(math.prod(out), f"a broadcast to shape {list(out)}")
+    return out
 
 
 def _elementwise(node, shape, consts, data_pos):
@@ -404,6 +408,7 @@ def _maxpool(node, shape, consts, pos, opset):
     kernel = list(_attrs(node)["kernel_shape"])
     out, pb, _, strides, dil = _pool_geometry(node, spatial, kernel)
     win = _windows(spatial, kernel, out, pb, strides, dil)
+    linops.require_values(C * win.size, f"a max-pool table of {C} x {win.shape[0]:,} windows of {win.shape[1]:,}")
     S = int(np.prod(spatial))
     table = np.where(win[None] >= 0, np.arange(C)[:, None, None] * S + win[None], -1)
     if np.any((win >= 0).sum(axis=1) == 0):
@@ -425,11 +430,13 @@ def _leaky_relu(node, shape, consts, pos, opset):
 
 def _kron_eye_left(n: int, B: np.ndarray):
     """I_n (x) B, dense when n == 1."""
+    linops.require_sparse(n * int(np.size(B)), n * B.shape[0], f"a block-diagonal map of {n:,} blocks of {B.shape}")
     return B if n == 1 else sp.kron(sp.identity(n, format="csr"), sp.csr_matrix(B), format="csr")
 
 
 def _kron_eye_right(A: np.ndarray, n: int):
     """A (x) I_n, dense when n == 1."""
+    linops.require_sparse(n * int(np.size(A)), n * A.shape[0], f"a map of {A.shape} blocks times {n:,}")
     return A if n == 1 else sp.kron(sp.csr_matrix(A), sp.identity(n, format="csr"), format="csr")
 
 
@@ -538,6 +545,7 @@ def _pad(node, shape, consts, pos, opset):
     if len(pads) != 2 * r or any(p < 0 for p in pads):
         raise _Problem(f"pads {pads} do not fit {r} axes (negative pads are not supported)")
     out = tuple(s + pads[i] + pads[r + i] for i, s in enumerate(shape))
+    linops.require_values(math.prod(out), f"its padded output of shape {list(out)}")
     d = int(np.prod(shape, dtype=np.int64))
     src = np.full(out, -1, dtype=np.int64)
     src[tuple(slice(pads[i], pads[i] + shape[i]) for i in range(r))] = np.arange(d).reshape(shape)
@@ -825,6 +833,9 @@ def _build_graph(model: onnx.ModelProto, path, input_name: str, input_shape: tup
                 consts.update(_fold(node, consts, model.opset_import, shapes))
             except _Problem as p:
                 raise ModelError(f"{path}: {desc} {p}") from None
+            for o in node.output:
+                if o in consts:
+                    linops.require_values(int(np.size(consts[o])), f"{desc}'s constant output")
             continue
         bad = next((exprs[x].poison for _, x in act if exprs[x].poison), None)
         if bad is not None:
@@ -839,6 +850,8 @@ def _build_graph(model: onnx.ModelProto, path, input_name: str, input_shape: tup
                     exprs[x] = b.materialise(exprs[x])
                 b.unsupported.append(f"{desc}: {p}")
                 out = b.poisoned(node, f"it depends on {desc}: {p}")
+        if out.shape is not None:
+            linops.require_values(math.prod(out.shape), f"{desc}'s output of shape {list(out.shape)}")
         for o in node.output[:1]:
             if out.poison is None and b.consumers.get(o, 0) > 1:
                 out = b.materialise(out)  # several readers share one node
@@ -869,15 +882,83 @@ def _convert(b: _GraphBuilder, node, desc, act, consts, opset) -> _Expr:
             raise _Problem("reads an activation in a parameter position")
         return b.piece(node, desc, x, conv, consts, opset)
     return b.linear(node, desc, x, pos, conv, consts, opset)
+#: A constant Loop is folded only with a trip count up to this (exporters unroll real loops)
+MAX_FOLD_ITERATIONS = 10_000
+
+
+def _fold_size(node, consts) -> int | None:
+    """The number of values a constant node would produce, for the operations whose output
+    can be far larger than their inputs (None: bounded by the inputs). A Loop's trip count is
+    checked here too: folding runs it."""
+    op = node.op_type
+
+    def c(i):
+        return np.asarray(consts[node.input[i]]) if i < len(node.input) and node.input[i] else None
+
+    def ints(v) -> list[int]:
+        v = np.asarray(v).ravel()
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise _Problem("has a non-finite size")
+        return [int(x) for x in v]
+
+    if op == "Loop":
+        trip = c(0)
+        if trip is None or trip.size != 1:
+            raise _Problem(f"has no constant trip count: a Loop is folded only with at most "
+                           f"{MAX_FOLD_ITERATIONS:,} iterations")
+        n = ints(trip)[0]
+        if n > MAX_FOLD_ITERATIONS:
+            raise _Problem(f"has trip count {n:,}: a Loop is folded only with at most {MAX_FOLD_ITERATIONS:,} "
+                           f"iterations")
+        return None
+    if op == "ConstantOfShape":
+        return math.prod(ints(c(0)))
+    if op == "Expand":
+        x, shape = c(0), ints(c(1))
+        if any(d < 0 for d in shape):
+            raise _Problem(f"has a negative size in {shape}")
+        r = max(x.ndim, len(shape))
+        a = [1] * (r - x.ndim) + list(x.shape)
+        b = [1] * (r - len(shape)) + shape
+        return math.prod(max(u, v) for u, v in zip(a, b))
+    if op == "Tile":
+        return c(0).size * math.prod(max(k, 0) for k in ints(c(1)))
+    if op == "Range":
+        start, limit, delta = (float(np.asarray(c(i)).ravel()[0]) for i in range(3))
+        if not all(map(math.isfinite, (start, limit, delta))) or delta == 0:
+            raise _Problem("has a non-finite or zero step")
+        return max(math.ceil((limit - start) / delta), 0)
+    if op == "OneHot":
+        return c(0).size * max(ints(c(1))[0], 0)
+    if op == "Pad":
+        x = c(0)
+        a = _attrs(node)
+        pads = [int(v) for v in a["pads"]] if "pads" in a else ints(c(1))
+        r = x.ndim
+        if len(pads) == 2 * r:
+            return math.prod(max(x.shape[i] + pads[i] + pads[r + i], 0) for i in range(r))
+    return None
+
+
 def _fold(node, consts, opset_imports, shapes) -> dict[str, np.ndarray]:
-    """Evaluate a node whose inputs are all constants."""
+    """Evaluate a node whose inputs are all constants (sizes and trip counts checked first)."""
     if node.op_type == "Constant":
         a = _attrs(node)
         for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
             if key in a:
                 v = a[key]
                 return {node.output[0]: numpy_helper.to_array(v) if key == "value" else np.asarray(v)}
+        if "sparse_value" in a:
+            return {node.output[0]: numpy_helper.to_array(_dense(a["sparse_value"], "Constant"))}
         raise _Problem("Constant without a supported value attribute")
+    try:
+        size = _fold_size(node, consts)
+    except _Problem:
+        raise
+    except Exception as err:  # malformed size inputs: the evaluator would fail on them too
+        raise _Problem(f"cannot be evaluated as a constant: {type(err).__name__}: {err}") from None
+    if size is not None:
+        linops.require_values(size, f"{node.op_type} {node.name!r} (a constant)")
     if node.op_type == "Shape" and node.input[0] in shapes:  # the static shape of an activation
         return {node.output[0]: np.asarray(shapes[node.input[0]], dtype=np.int64)}
     from onnx.reference import ReferenceEvaluator
@@ -892,14 +973,191 @@ def _fold(node, consts, opset_imports, shapes) -> dict[str, np.ndarray]:
     return {o: np.asarray(r) for o, r in zip([o for o in node.output if o], res)}
 
 
+def _stat(p: Path, what: str):
+    """``p``'s status (None when it does not exist); a path the system cannot even look up (a
+    name too long, a loop of links) is an error naming the problem."""
+    try:
+        return p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        shown = str(p) if len(str(p)) <= 200 else str(p)[:200] + "..."
+        raise ModelError(f"cannot open {what} {shown}: {err.strerror or err}") from None
+
+
+#: ONNX keeps a model in one protobuf message of at most 2 GiB; a model with external data is
+#: read into one (fxverify and onnxruntime then see the same bytes, wherever the command runs).
+MAX_MODEL_BYTES = (2 << 30) - 1
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every TensorProto of a graph and its sub-graphs: initializers, sparse initializers'
+    values and indices, node attributes (Constant values)."""
+    for t in graph.initializer:
+        yield t
+    for st in graph.sparse_initializer:
+        yield st.values
+        yield st.indices
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("sparse_tensor"):
+                yield a.sparse_tensor.values
+                yield a.sparse_tensor.indices
+            for st in a.sparse_tensors:
+                yield st.values
+                yield st.indices
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
+
+
+def _external_file(model_path: Path, location: str, tensor: str) -> Path:
+    """The file an external tensor names, resolved against the model's directory. Refused: an
+    absolute location, one that leaves the directory (``..``), reaches a file through a
+    symbolic link, or names anything but a regular file (a device, a FIFO)."""
+    where = f"{model_path}: tensor {tensor!r} keeps its data in {location!r}"
+    if not location or "\x00" in location:
+        raise ModelError(f"{where}, which is not a file name")
+    rel = Path(location)
+    if rel.is_absolute() or location.startswith(("/", "\\")) or ".." in rel.parts or "\\" in location:
+        raise ModelError(f"{where}: external data must be a file in the model's directory (no absolute path, "
+                         f"no '..')")
+    base = model_path.absolute().parent.resolve()  # as onnx and onnxruntime: beside the path given
+    target = base / rel
+    probe = base
+    for part in rel.parts:  # no symbolic link on the way, not even inside the directory
+        probe = probe / part
+        try:
+            if probe.is_symlink():
+                raise ModelError(f"{where}, which is a symbolic link; external data must be a regular file in the "
+                                 f"model's directory")
+        except OSError as err:
+            raise ModelError(f"{where}, which cannot be looked up: {err.strerror or err}") from None
+    st = _stat(target, "external data file")
+    if st is None:
+        raise ModelError(f"{where}, but there is no such file beside the model ({target})")
+    import stat as stat_
+
+    if not stat_.S_ISREG(st.st_mode):
+        raise ModelError(f"{where}, which is not a regular file (a directory, device or FIFO)")
+    if os.path.commonpath([str(target.resolve()), str(base)]) != str(base):  # pragma: no cover - checked above
+        raise ModelError(f"{where}, which lies outside the model's directory")
+    return target
+
+
+def _inline_external_data(model: onnx.ModelProto, model_path: Path) -> bool:
+    """Read every external tensor's bytes (from the model's directory, whatever the working
+    directory) into the model; True when there were any. Offsets and lengths are checked
+    against the file before anything is read."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    external = [t for t in _tensors(model.graph) if uses_external_data(t)]
+    if not external:
+        return False
+    total = model.ByteSize()
+    files: dict[str, tuple[Path, int]] = {}
+    plan = []
+    for t in external:
+        try:
+            info = ExternalDataInfo(t)
+            offset = int(info.offset) if info.offset is not None else 0
+            length = int(info.length) if info.length is not None else None
+        except (ValueError, TypeError) as err:
+            raise ModelError(f"{model_path}: tensor {t.name!r} has malformed external data fields: {err}") from None
+        location = info.location
+        if location not in files:
+            target = _external_file(model_path, location, t.name)
+            files[location] = (target, target.stat().st_size)
+        target, size = files[location]
+        if offset < 0 or (length is not None and length < 0):
+            raise ModelError(f"{model_path}: tensor {t.name!r} has a negative external data offset or length")
+        if length is None:
+            length = max(size - offset, 0)
+        if offset + length > size:
+            raise ModelError(f"{model_path}: tensor {t.name!r} needs bytes {offset:,} to {offset + length:,} of "
+                             f"{location!r}, which has {size:,} bytes (truncated external data?)")
+        total += length
+        if total > MAX_MODEL_BYTES:
+            raise ModelError(f"{model_path}: the model with its external data is larger than 2 GiB, more than "
+                             f"fxverify reads into memory as one ONNX model")
+        plan.append((t, target, offset, length))
+    for t, target, offset, length in plan:
+        try:
+            with open(target, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except OSError as err:
+            raise ModelError(f"{model_path}: cannot read external data {target}: {err.strerror or err}") from None
+        if len(data) != length:
+            raise ModelError(f"{model_path}: external data {target} ended early (truncated?)")
+        t.raw_data = data
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+    return True
+
+
+def _dense(st: onnx.SparseTensorProto, where: str) -> onnx.TensorProto:
+    """A sparse tensor as the dense tensor it stands for (size checked before allocating)."""
+    dims = [int(d) for d in st.dims]
+    if any(d < 0 for d in dims):
+        raise ModelError(f"{where}: sparse tensor {st.values.name!r} has negative dimensions {dims}")
+    size = math.prod(dims)
+    linops.require_values(size, f"{where}: sparse tensor {st.values.name!r} of shape {dims}")
+    try:
+        values = numpy_helper.to_array(st.values).ravel()
+        indices = numpy_helper.to_array(st.indices).astype(np.int64)
+    except Exception as err:  # malformed tensors raise many types
+        raise ModelError(f"{where}: sparse tensor {st.values.name!r} cannot be read: {err}") from None
+    if indices.ndim == 2 and indices.shape == (values.size, len(dims)):
+        if indices.size and (np.any(indices < 0) or np.any(indices >= np.asarray(dims))):
+            raise ModelError(f"{where}: sparse tensor {st.values.name!r} has an index outside its shape {dims}")
+        flat = np.ravel_multi_index(indices.T, dims) if values.size else np.zeros(0, np.int64)
+    elif indices.ndim == 1 and indices.size == values.size:
+        flat = indices
+    else:
+        raise ModelError(f"{where}: sparse tensor {st.values.name!r} has indices of shape {indices.shape} for "
+                         f"{values.size} values of a tensor of shape {dims}")
+    if flat.size and (flat.min() < 0 or flat.max() >= size):
+        raise ModelError(f"{where}: sparse tensor {st.values.name!r} has an index outside its shape {dims}")
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[flat] = values
+    out = numpy_helper.from_array(dense.reshape(dims), st.values.name)
+    return out
+
+
+def _densify(model: onnx.ModelProto, path) -> onnx.ModelProto:
+    """The model with its sparse initializers as ordinary (dense) initializers, which is how
+    onnxruntime runs them too; the model itself when it has none."""
+    if not len(model.graph.sparse_initializer):
+        return model
+    dense = onnx.ModelProto()
+    dense.CopyFrom(model)
+    sparse = list(dense.graph.sparse_initializer)
+    del dense.graph.sparse_initializer[:]
+    for st in sparse:
+        dense.graph.initializer.append(_dense(st, str(path)))
+    return dense
+
+
 def _read(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes]:
+    """The model (external data read in, sparse initializers made dense) and the bytes
+    onnxruntime runs: the file itself, or the model with its external data in one piece."""
     p = Path(path)
-    if not p.exists():
+    st = _stat(p, "model file")
+    if st is None:
         raise ModelError(f"model file not found: {p}")
-    if p.is_dir():
+    import stat as stat_
+
+    if stat_.S_ISDIR(st.st_mode):
         raise ModelError(f"model path is a directory, not an ONNX file: {p}")
-    if not p.is_file():  # a FIFO or device: reading it could block forever
+    if not stat_.S_ISREG(st.st_mode):  # a FIFO or device: reading it could block forever
         raise ModelError(f"model path is not a regular file (a FIFO, socket or device?): {p}")
+    if st.st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{p} is larger than 2 GiB, more than one ONNX model can be")
     try:
         raw = p.read_bytes()
     except OSError as err:
@@ -912,6 +1170,8 @@ def _read(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes]:
         raise ModelError(f"{p} is not a valid ONNX file (it may be truncated or not ONNX at all): {err}") from None
     if not model.graph.node:
         raise ModelError(f"{p} is not a valid ONNX model: its graph has no nodes (truncated or not ONNX?)")
+    if _inline_external_data(model, p):
+        raw = model.SerializeToString()
     try:
         onnx.checker.check_model(model)
     except Exception as err:  # onnx.checker.ValidationError and others
@@ -919,14 +1179,16 @@ def _read(path: str | os.PathLike) -> tuple[onnx.ModelProto, bytes]:
         # is malformed when onnxruntime cannot load it either.
         if not _onnxruntime_accepts(raw):
             raise ModelError(f"{p} is not a valid ONNX model: {str(err).strip().splitlines()[0]}") from None
-    return model, raw
+    return _densify(model, p), raw
 
 
 def _onnxruntime_accepts(raw: bytes) -> bool:
-    import onnxruntime as ort
+    from .reference import quiet_onnxruntime
 
+    ort = quiet_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.intra_op_num_threads = 1
     try:
         ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime raises its own untyped errors; any of them means "cannot load"
@@ -1015,9 +1277,17 @@ def load_model(path: str | os.PathLike) -> Network:
     disagreement with onnxruntime above the tolerance. Operations fxverify cannot represent do
     not stop the load: the cuts that depend on them are listed in ``Network.unavailable``.
     """
+    if isinstance(path, Network):
+        raise ArgumentError("load_model takes the path of an ONNX file; this is already a loaded Network")
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise ArgumentError(f"load_model takes the path of an ONNX file (str or os.PathLike), not "
+                            f"{type(path).__name__}")
+    if isinstance(path, str) and not path.strip():
+        raise ModelError("model path is empty")
     model, raw = _read(path)
     input_name, onnx_shape, full_shape = _input_of(model, path)
     try:
+        linops.require_values(math.prod(full_shape), f"input {input_name!r} of shape {list(full_shape)}")
         nodes, unavailable, unsupported = _build_graph(model, path, input_name, full_shape)
     except linops.TooLarge as err:
         raise ModelError(f"{path}: {err}") from None

@@ -23,12 +23,20 @@ _ORT_FLOAT = {
 }
 
 
+def quiet_onnxruntime():
+    """onnxruntime, with its C++ log limited to fatal messages: its errors reach fxverify as
+    exceptions and are reported as one line, never as coloured log lines before it."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    return ort
+
+
 class OnnxReference:
     """An onnxruntime session over the original model that also returns ``tensors``."""
 
     def __init__(self, source: ModelSource, tensors: Sequence[str], input_map: InputMap | None = None) -> None:
-        import onnxruntime as ort
-
+        ort = quiet_onnxruntime()
         model = onnx.load_from_string(source.onnx_bytes)
         existing = {o.name for o in model.graph.output}
         for name in tensors:
@@ -39,7 +47,7 @@ class OnnxReference:
         self.source = source
         self.input_map = input_map
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         options.intra_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(

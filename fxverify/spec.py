@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .data import LAYOUTS, Dataset, Points, load_embedded, load_idx_dir, load_npz, select_points
-from .errors import SpecError
+from .errors import ArgumentError, SpecError
 from .ir import Network
 
 SCHEMA_VERSION = 1
@@ -28,6 +30,16 @@ DEFAULT_SOLVER = "descent-activeset"
 NORMS = ("l2", "linf", "l1")
 #: deepest nesting of arrays and objects a spec may have (the schema needs 3)
 MAX_DEPTH = 32
+#: the longest time budget, in seconds (about 31 years; longer ones overflow the clocks that
+#: enforce it): leave the budget out for none
+MAX_TIME_BUDGET = 1e9
+#: the largest spec file read (a spec is a few hundred bytes)
+MAX_SPEC_BYTES = 1 << 20
+#: a selection seed is a 64-bit integer
+MAX_SEED = 2**63 - 1
+#: ``normalize`` must keep every input in [0, 1] within this of 0 after (x - mean) / std:
+#: beyond it, onnxruntime's float32 input overflows or keeps no digit of the point itself
+MAX_NORMALIZED = 1e6
 
 
 @lru_cache(maxsize=None)
@@ -125,6 +137,33 @@ def _reject_constant(name: str):
     raise SpecError(f"spec contains {name}, which is not a valid number")
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refused when a key appears twice (json keeps the last one silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise SpecError(f"key {key!r} appears twice in one object; JSON would keep only the last one")
+        out[key] = value
+    return out
+
+
+def check_time_budget(value, where: str) -> float | None:
+    """A time budget: None, or a positive finite number of seconds up to :data:`MAX_TIME_BUDGET`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{where}: must be a number of seconds, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SpecError(f"{where}: must be a finite number of seconds, got {value!r}")
+    if not value > 0:
+        raise SpecError(f"{where}: must be a positive number of seconds, got {value:g}")
+    if value > MAX_TIME_BUDGET:
+        raise SpecError(f"{where}: {value:g} s is more than the longest budget, {MAX_TIME_BUDGET:g} s (about 31 "
+                        f"years); leave it out for no limit")
+    return value
+
+
 def _format_path(path) -> str:
     out = ""
     for part in path:
@@ -191,7 +230,7 @@ def parse_spec(doc: dict, base_dir: Path | str = ".", where: str = "spec") -> Sp
     classes = tuple(int(c) for c in doc["classes"])
     if classes[0] == classes[1]:
         raise SpecError(f"{where}: invalid at classes: the two classes must differ (both are {classes[0]})")
-    eps = [float(e) for e in doc["eps"]]
+    eps = [float(e) + 0.0 for e in doc["eps"]]  # + 0.0: -0.0 is the budget 0
     if any(not math.isfinite(e) for e in eps):
         raise SpecError(f"{where}: invalid at eps: every budget must be a finite number")
     sel = doc.get("selection", {"method": "first"})
@@ -200,12 +239,16 @@ def parse_spec(doc: dict, base_dir: Path | str = ".", where: str = "spec") -> Sp
     if layout is not None and kind != "npz":
         raise SpecError(f"{where}: invalid at layout: a layout is only for npz data with 4-D X ({kind} data has "
                         f"its own)")
-    time_budget = doc.get("time_budget")
-    if time_budget is not None and not math.isfinite(time_budget):
-        raise SpecError(f"{where}: invalid at time_budget: must be a finite number of seconds")
+    time_budget = check_time_budget(doc.get("time_budget"), f"{where}: invalid at time_budget")
+    seed = sel.get("seed")
+    if seed is not None:
+        if not float(seed).is_integer() or not 0 <= seed <= MAX_SEED:
+            raise SpecError(f"{where}: invalid at selection.seed: a seed is an integer from 0 to 2^63 - 1, got "
+                            f"{seed!r}")
+        seed = int(seed)
     return Spec(data=DataSource(kind, value), classes=classes, n_per_class=int(doc["n_per_class"]),
                 eps=tuple(sorted(set(eps))), split=doc.get("split", "train"), selection=sel["method"],
-                seed=sel.get("seed"), scaling=doc.get("scaling", "divide_255"), norm=doc.get("norm", "l2"),
+                seed=seed, scaling=doc.get("scaling", "divide_255"), norm=doc.get("norm", "l2"),
                 cuts=None if cuts == "all" else tuple(cuts), solver=doc.get("solver", DEFAULT_SOLVER),
                 time_budget=time_budget, description=doc.get("description", ""), path=where,
                 layout=layout, normalize=_normalize(doc.get("normalize"), where),
@@ -230,6 +273,13 @@ def _normalize(doc: dict | None, where: str) -> tuple[tuple[float, ...], tuple[f
     if len(mean) != len(std) and 1 not in (len(mean), len(std)):
         raise SpecError(f"{where}: invalid at normalize: {len(mean)} means but {len(std)} standard deviations "
                         f"(give one value or one per channel for each)")
+    k = max(len(mean), len(std))
+    reach = max(max(abs(m), abs(1.0 - m)) / s for m, s in zip(mean * k if len(mean) == 1 else mean,
+                                                               std * k if len(std) == 1 else std))
+    if not reach <= MAX_NORMALIZED:
+        raise SpecError(f"{where}: invalid at normalize: (x - mean) / std takes inputs in [0, 1] to values up to "
+                        f"{reach:.3g}; mean and std must keep them within {MAX_NORMALIZED:g} (mean and std are in "
+                        f"the scaled [0, 1] pixel range)")
     return mean, std
 
 
@@ -244,16 +294,27 @@ def _domain(doc: list | None, where: str) -> tuple[float, float] | None:
 
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise ArgumentError(f"load_spec takes the path of a spec file (str or os.PathLike), not {type(path).__name__}")
     p = Path(path)
-    if p.is_dir():
+    if not str(path).strip():
+        raise SpecError("spec path is empty")
+    try:
+        st = p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpecError(f"spec file not found: {p}") from None
+    except OSError as err:  # a name too long, a loop of links
+        shown = str(p) if len(str(p)) <= 200 else str(p)[:200] + "..."
+        raise SpecError(f"cannot open spec file {shown}: {err.strerror or err}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise SpecError(f"spec file not found: {p} is a directory")
-    if p.exists() and not p.is_file():  # a FIFO or device: reading it could block
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device: reading it could block
         raise SpecError(f"spec path is not a regular file: {p}")
-    if not p.is_file():
-        raise SpecError(f"spec file not found: {p}")
+    if st.st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{p} has {st.st_size:,} bytes; a spec is a small JSON file (at most {MAX_SPEC_BYTES:,})")
     try:
         text = p.read_bytes().decode("utf-8-sig")
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except OSError as err:
         raise SpecError(f"cannot read spec file {p}: {err.strerror or err}") from None
     except UnicodeDecodeError:

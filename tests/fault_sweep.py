@@ -17,13 +17,22 @@ and classifies the outcome:
 * ``traceback``: ``Traceback`` on stdout or stderr;
 * ``silent result``: exit 0 where an error was expected, or exit 0 with a result that fails the
   case's check;
+* ``outside access``: a file outside the run's directory that the case guards (a file an
+  ``--out`` symlink points at, a secret beside the model) was created, changed or removed;
+* ``hang``: no exit within the case's timeout (the whole process group is killed);
 * ``other``: anything else (another exit code, several lines, an error line without the
-  expected fragment, a run that hangs past its timeout, an error where a result was expected).
+  expected fragment, an error where a result was expected).
 
 One line per case, then the totals; the exit code is 1 when any case is ``traceback``,
-``silent result`` or ``other`` (cases listed in ``KNOWN_FAILURES`` are reported as such and do
-not fail the sweep). ``--quick`` runs a subset of about 40 cases (under two minutes on two
-cores); the full sweep runs about 370 cases (about seven minutes on two cores).
+``silent result``, ``outside access``, ``hang`` or ``other`` (cases listed in
+``KNOWN_FAILURES`` are reported as such and do not fail the sweep). ``--quick`` runs the 40
+cases named in ``QUICK`` (about a minute on two cores); the full sweep runs 551 cases (about 26
+minutes on two shared cores).
+
+Besides the command line, the sweep drives the documented Python API (``api:`` cases: a short
+script whose FxverifyError becomes one ``error:`` line and exit 2, anything else a traceback)
+and the process's environment (closed or full standard streams, a broken pipe, an ASCII-only
+encoding, ``prlimit`` memory and open-file limits, SIGTERM under a memory limit).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import argparse
 import gzip
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -59,10 +69,45 @@ CLI = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "fxverify"
 
 #: case name -> why it is a known failure (a bug in code this sweep's author may not change;
 #: reported, not counted as a sweep failure). Keep empty when possible.
-KNOWN_FAILURES: dict[str, str] = {}
+_STORE = ("the store and --out handling are being rewritten on another branch (issue 23's store items: symlinks "
+          "in --out, ../ matrix paths, validated rows, meta rows); this case passes once that lands")
+KNOWN_FAILURES: dict[str, str] = {
+    f"store: {label}": _STORE for label in (
+        ".fxverify.lock is a symlink to a file outside", "results.sqlite is a symlink to a file outside",
+        "results.json is a symlink to a file outside", "distances.npz is a symlink to a file outside",
+        "results.sqlite is a dangling symlink",
+        "a pair row with an unknown status", "a pair row with an index out of range", "a pair row with a text eps",
+        "the meta rows deleted, then another model's run",
+        "a matrix row naming ../ outside the store (sha256 matching)")}
 
-VERDICTS = ("clean error", "ok", "traceback", "silent result", "other")
-BAD = ("traceback", "silent result", "other")
+#: The quick subset (CI, tests/test_fault_sweep.py): one or two cases of every class, about a
+#: minute on two idle cores. Named here, in one place; the cases' own ``quick`` flags are reset to it.
+QUICK = frozenset({
+    "onnx: garbage bytes", "onnx: tiny model truncated at 16240 of 32480 bytes", "onnx: NaN weights",
+    "onnx: Sigmoid cut requested via --cuts", "spec: control (valid base spec)", "spec: not JSON",
+    "spec: wrong type for classes: '3,7'", "data: npz is garbage bytes", "data: values already in [0, 1] with divide_255",
+    "idx: images truncated", "profile: unknown backend", "-o max_iterations=7 is honoured", "bound --jobs 0",
+    "bound --eps a,b", "bound --n 2 --eps 0,0.25 --norm linf --classes 1,8 are honoured",
+    "out: results.sqlite garbled (middle)", "out: store of another model in the same --out",
+    "out: standard output is /dev/full (bound)", "out: store locked by a running fxverify",
+    "SIGTERM of a running bound --jobs 2",
+    # hostile and careless input (issues 23 and 24)
+    "tty: inspect of a model with escapes in producer, node and input names",
+    "extdata: inspect from another working directory agrees with onnxruntime",
+    "extdata: location is '..' out of the model's directory",
+    "sparse: a sparse_initializer loads and agrees with onnxruntime",
+    "size: Loop with trip count 10^12 folded at load", "size: input of 10^8 values",
+    "spec+: duplicate top-level key (eps twice)", "spec+: selection seed 1e20", "cli+: --time-budget 1e10",
+    "path: a 5,000-character model path", "data+: IDX float labels 3.7 / 7.2 are refused, not truncated",
+    "api: collide(method='bogus')", "api: collide with u as a list of strings",
+    "api: lower_bounds with the grid as a string", "limit: prlimit --as 500 MB, bound --jobs 1",
+    "limit: prlimit --nofile=16, bound --jobs 2", "env: stdout closed (>&-), inspect",
+    "env: stderr on /dev/full keeps exit 2", "env: stdout a broken pipe (inspect | head)",
+    "env: onnxruntime cannot run the model: no third-party log line before the error",
+})
+
+VERDICTS = ("clean error", "ok", "traceback", "silent result", "outside access", "hang", "other")
+BAD = ("traceback", "silent result", "outside access", "hang", "other")
 
 
 # ------------------------------------------------------------------------------------------
@@ -92,6 +137,7 @@ class Case:
     code: int = 2  # the documented exit code of the error
     serial: bool = False  # run alone (timing-sensitive process faults)
     what: str = ""  # the expectation, shown with -v
+    guard: tuple = ()  # files outside the run's directory that must stay as they are (or absent)
 
 
 def fx(args, timeout: float = 120.0, cwd: Path | None = None) -> Result:
@@ -121,8 +167,16 @@ def classify(case: Case, res: Result) -> tuple[str, str]:
         last = [ln for ln in res.stderr.strip().splitlines() if ln.strip()][-1:] or ["?"]
         return "traceback", last[0][:160]
     if res.timed_out:
-        return "other", f"no exit within {case.timeout:g} s (hung?)"
+        return "hang", f"no exit within {case.timeout:g} s"
     rest, progress = _error_lines(res)
+    if case.expect == "code_only":  # stderr unreadable (closed, /dev/full): the exit code says it
+        return ("clean error", f"exit {res.rc}") if res.rc == case.code else \
+            ("silent result" if res.rc == 0 else "other", f"exit {res.rc} (expected {case.code})")
+    if case.expect == "ok_or_error":  # either a checked result or one clean error line
+        if res.rc == 0:
+            why = case.check(res) if case.check else None
+            return ("silent result", why) if why else ("ok", "")
+        case = Case(case.name, expect="error", contains=case.contains, code=case.code, timeout=case.timeout)
     if case.expect == "ok":
         if res.rc == 0:
             why = case.check(res) if case.check else None
@@ -146,13 +200,37 @@ def classify(case: Case, res: Result) -> tuple[str, str]:
     return "clean error", rest[0][:200]
 
 
+def _snapshot(paths) -> dict:
+    """State of guarded files: (kind, size, mtime, content hash) or None when absent."""
+    import hashlib
+
+    out = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            st = path.lstat()
+        except OSError:
+            out[str(path)] = None
+            continue
+        digest = ""
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[str(path)] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
 def run_case(case: Case) -> tuple[str, str, float]:
     try:
         if case.setup is not None:
             case.setup()
+        before = _snapshot(case.guard)
         res = case.runner(case) if case.runner is not None else fx(case.args, case.timeout)
+        after = _snapshot(case.guard)
     except Exception as err:  # a broken case is a sweep bug: show it as "other"
         return "other", f"sweep could not run the case: {type(err).__name__}: {err}", 0.0
+    changed = [k for k in before if before[k] != after[k]]
+    if changed:
+        return "outside access", f"changed outside the run's directory: {', '.join(changed)[:200]}", res.seconds
     verdict, detail = classify(case, res)
     if res.note and verdict in ("clean error", "ok"):
         detail = f"{detail} [{res.note}]" if detail else res.note
@@ -524,8 +602,8 @@ def _finish(proc: subprocess.Popen, t0: float, timeout: float = 60.0, note: str 
         _kill_group(proc.pid)
         out, err = proc.communicate()
         timed_out = True
-    return Result(None if timed_out else proc.returncode, out.decode("utf-8", "replace"),
-                  err.decode("utf-8", "replace"), time.perf_counter() - t0, timed_out, note)
+    return Result(None if timed_out else proc.returncode, (out or b"").decode("utf-8", "replace"),
+                  (err or b"").decode("utf-8", "replace"), time.perf_counter() - t0, timed_out, note)
 
 
 def _store_consistent(out: Path, n_cuts: int) -> str | None:
@@ -1438,6 +1516,738 @@ def build_cases() -> list[Case]:
     return [c for c in cases if c is not None]
 
 
+# ------------------------------------------------------------------------------------------
+# Hostile and careless input (issues 23 and 24): terminal injection, external data, sparse
+# initializers, sizes and trip counts, spec and data edge cases, the Python API, resource
+# limits, the environment, and the store as a way out of the run's directory
+# ------------------------------------------------------------------------------------------
+import re as _re  # noqa: E402
+
+#: what must never reach a terminal raw: C0 controls but tab/newline/CR, DEL, C1 controls,
+#: bidirectional overrides and isolates
+_RAW_CONTROL = _re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def no_raw_controls(res: Result) -> str | None:
+    """The output holds no escape sequence, control character or bidirectional override."""
+    for name, text in (("stdout", res.stdout), ("stderr", res.stderr)):
+        m = _RAW_CONTROL.search(text)
+        if m:
+            return f"raw {m.group()!r} on {name}: {text[max(0, m.start() - 30):m.start() + 30]!r}"
+    return None
+
+
+def _prlimit(*limits: str) -> list[str] | None:
+    tool = shutil.which("prlimit")
+    return None if tool is None else [tool, *limits, "--"]
+
+
+def run_with(args, *, prefix=(), env=None, stdin=None, stdout="pipe", stderr="pipe", close=(), cwd=None,
+             expect_no_stderr=False) -> Callable[[Case], Result]:
+    """The CLI with a changed environment: a command prefix (prlimit), extra environment
+    variables, standard streams redirected (a path, "pipe", "broken": a pipe whose reader is
+    already gone) or closed (``close``: descriptor numbers)."""
+
+    def runner(case: Case) -> Result:
+        t0 = time.perf_counter()
+        files = []
+
+        def stream(spec):
+            if spec == "pipe":
+                return subprocess.PIPE
+            if spec == "broken":
+                r, w = os.pipe()
+                os.close(r)
+                files.append(w)
+                return w
+            if spec is None:
+                return None
+            f = open(spec, "wb")
+            files.append(f)
+            return f
+
+        full_env = dict(os.environ, **(env or {}))
+        preexec = (lambda: [os.close(fd) for fd in close]) if close else None
+        proc = subprocess.Popen(list(prefix) + CLI + [str(a) for a in args], stdin=stdin or subprocess.DEVNULL,
+                                stdout=stream(stdout), stderr=stream(stderr), cwd=cwd or WORK, env=full_env,
+                                start_new_session=True, preexec_fn=preexec)
+        for f in files:
+            os.close(f) if isinstance(f, int) else f.close()
+        res = _finish(proc, t0, case.timeout)
+        return res
+
+    return runner
+
+
+def exit_code_only(res: Result) -> str | None:
+    return None
+
+
+def api(body: str) -> Callable[[Case], Result]:
+    """A Python script using the documented API: an FxverifyError is one ``error:`` line and
+    exit 2; any other exception is a traceback, a return a (silent) result."""
+    script = ("import sys, numpy as np, fxverify\n"
+              f"TINY = {str(TINY)!r}\nSPEC = {str(SPEC)!r}\n"
+              "def main():\n" + "".join(f"    {line}\n" for line in body.strip().splitlines()) +
+              "try:\n    main()\nexcept fxverify.FxverifyError as err:\n"
+              "    print(f'error: {err}', file=sys.stderr)\n    sys.exit(2)\n")
+
+    def runner(case: Case) -> Result:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=WORK, start_new_session=True)
+        return _finish(proc, t0, case.timeout)
+
+    return runner
+
+
+def _evil_model(name: str, *, producer="fault_sweep", node_names=("m", "r"), input_name="x", extra=None) -> Path:
+    TP, H, NH = _onnx()
+    nodes = [H.make_node("MatMul", [input_name, "W1"], ["h"], name=node_names[0]),
+             H.make_node("Relu", ["h"], ["r"], name=node_names[1]), H.make_node("MatMul", ["r", "W2"], ["y"])]
+    if extra is not None:
+        nodes = nodes[:2] + [H.make_node("Sigmoid", ["r"], ["s"], name=extra), H.make_node("MatMul", ["s", "W2"],
+                                                                                           ["y"])]
+    g = H.make_graph(nodes, "g", [vi(input_name, ["N", 784])], [vi("y", ["N", 2])],
+                     [NH.from_array(w(784, 8), "W1"), NH.from_array(w(8, 2), "W2")])
+    m = H.make_model(g, opset_imports=[H.make_opsetid("", 13)], producer_name=producer, producer_version="1")
+    m.ir_version = 8
+    return write(name, m.SerializeToString())
+
+
+ESC_TITLE = "\x1b]0;owned\x07"
+ESC_CLEAR = "\x1b[2J\x1b[H"
+RTL = "\u202e"
+
+
+def _external(name: str, location: str = "weights.bin", *, edit=None, data_name: str | None = None) -> Path:
+    """The tiny model saved with its weights in an external file in ``ext/NAME/`` (``edit``
+    may then rewrite the model's external-data fields)."""
+    import onnx
+
+    d = p(f"ext/{name}")
+    d.mkdir(parents=True, exist_ok=True)
+    m = onnx.load(str(TINY))
+    onnx.save_model(m, str(d / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name or "weights.bin", size_threshold=0)
+    if edit is not None or location != (data_name or "weights.bin"):
+        m = onnx.load(str(d / "m.onnx"), load_external_data=False)
+        for t in m.graph.initializer:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = location
+            if edit is not None:
+                edit(t)
+        (d / "m.onnx").write_bytes(m.SerializeToString())
+    return d / "m.onnx"
+
+
+def _sparse_model(name: str, *, indices=None, dims=(784, 8)) -> Path:
+    TP, H, NH = _onnx()
+    W = w(784, 8)
+    W[np.abs(W) < 0.1] = 0
+    flat = np.flatnonzero(W.ravel())
+    idx = flat if indices is None else indices(flat)
+    st = H.make_sparse_tensor(NH.from_array(W.ravel()[flat], "W1"), NH.from_array(np.asarray(idx, np.int64), "W1_i"),
+                              list(dims))
+    g = H.make_graph([H.make_node("MatMul", ["x", "W1"], ["h"]), H.make_node("Relu", ["h"], ["r"]),
+                      H.make_node("MatMul", ["r", "W2"], ["y"])], "g", [vi("x", ["N", 784])], [vi("y", ["N", 2])],
+                     [NH.from_array(w(8, 2), "W2")], sparse_initializer=[st])
+    m = H.make_model(g, opset_imports=[H.make_opsetid("", 13)])
+    m.ir_version = 8
+    return write(name, m.SerializeToString())
+
+
+def _const_then_add(name: str, const_nodes, const_out: str, opset: int = 13) -> Path:
+    """x + (a constant computed by ``const_nodes``) -> MatMul -> Relu: the constant is folded
+    at load."""
+    TP, H, _ = _onnx()
+    nodes = list(const_nodes) + [H.make_node("Add", ["x", const_out], ["a"]), H.make_node("MatMul", ["a", "W1"], ["h"]),
+                                 H.make_node("Relu", ["h"], ["y"])]
+    return write(name, model_bytes(nodes, [vi("x", ["N", 784])], [vi("y", ["N", 8])], {"W1": w(784, 8)}, opset=opset))
+
+
+def _loop_model(name: str, trip: int | None) -> Path:
+    TP, H, NH = _onnx()
+    body = H.make_graph([H.make_node("Identity", ["c_in"], ["c_out"]), H.make_node("Identity", ["v_in"], ["v_out"])],
+                        "body", [H.make_tensor_value_info("i", TP.INT64, []), H.make_tensor_value_info("c_in", TP.BOOL, []),
+                                 vi("v_in", [784])],
+                        [H.make_tensor_value_info("c_out", TP.BOOL, []), vi("v_out", [784])])
+    inits = {"c": np.array(True), "b0": np.zeros(784, np.float32), "W1": w(784, 8)}
+    if trip is not None:
+        inits["M"] = np.array(trip, np.int64)
+    nodes = [H.make_node("Loop", ["M" if trip is not None else "", "c", "b0"], ["bL"], body=body),
+             H.make_node("Add", ["x", "bL"], ["a"]), H.make_node("MatMul", ["a", "W1"], ["h"]),
+             H.make_node("Relu", ["h"], ["y"])]
+    return write(name, model_bytes(nodes, [vi("x", ["N", 784])], [vi("y", ["N", 8])], inits))
+
+
+def _ort_refuses(name: str) -> Path:
+    """Valid ONNX that onnxruntime cannot run on its CPU provider (Relu on bfloat16), which
+    makes onnxruntime log before raising."""
+    TP, H, _ = _onnx()
+    nodes = [H.make_node("MatMul", ["x", "W1"], ["h"]), H.make_node("Cast", ["h"], ["hb"], to=TP.BFLOAT16),
+             H.make_node("Relu", ["hb"], ["rb"]), H.make_node("Cast", ["rb"], ["y"], to=TP.FLOAT)]
+    return write(name, model_bytes(nodes, [vi("x", ["N", 784])], [vi("y", ["N", 8])], {"W1": w(784, 8)}, opset=14))
+
+
+def hostile_cases() -> list[Case]:
+    cases: list[Case] = []
+    add = cases.append
+    base = p("specs/base.json")
+    TP, H, NH = _onnx()
+
+    def once(fn):
+        done = []
+
+        def setup():
+            if not done:
+                done.append(fn())
+        return setup
+
+    # ---------------- terminal injection ----------------------------------------------------
+    evil = p("m_evil.onnx")
+    make_evil = once(lambda: _evil_model("m_evil.onnx", producer=ESC_TITLE + "prod" + RTL,
+                                         node_names=(ESC_CLEAR + "lin", RTL + "relu\x9b31m"),
+                                         input_name="x" + ESC_TITLE))
+    add(Case("tty: inspect of a model with escapes in producer, node and input names", ["inspect", evil],
+             expect="ok", setup=make_evil, check=no_raw_controls, quick=True,
+             what="exit 0; no raw escape, control or RTL character on stdout or stderr"))
+    add(Case("tty: inspect --json of the same model", ["inspect", evil, "--json"], expect="ok", setup=make_evil,
+             check=no_raw_controls))
+    add(Case("tty: bound on the same model", ["bound", evil, "--spec", base, "--out", p("out/tty_bound"), "--jobs",
+                                              "1", "--cuts", "relu1"], expect="ok", setup=make_evil,
+             check=no_raw_controls))
+    evil_sig = p("m_evil_sigmoid.onnx")
+    make_evil_sig = once(lambda: _evil_model("m_evil_sigmoid.onnx", extra=ESC_TITLE + "squash" + RTL))
+    add(Case("tty: inspect lists an unsupported node whose name holds escapes", ["inspect", evil_sig],
+             expect="ok", setup=make_evil_sig, check=no_raw_controls))
+    add(Case("tty: error naming an unavailable cut after a node with escapes",
+             ["bound", evil_sig, "--spec", base, "--cuts", "linear2", "--out", p("out/tty_sig")],
+             setup=make_evil_sig, check=no_raw_controls, contains=("linear2",)))
+    esc_path = p(f"dir{ESC_CLEAR}{RTL}/m{ESC_TITLE}.onnx")
+    add(Case("tty: model path with escapes (file not found)", ["inspect", p(f"nodir{ESC_CLEAR}{RTL}/m{ESC_TITLE}.onnx")],
+             check=no_raw_controls, contains=("not found",), quick=True))
+    add(Case("tty: model path with escapes (a real model)", ["inspect", esc_path], expect="ok",
+             check=no_raw_controls,
+             setup=lambda: (esc_path.parent.mkdir(parents=True, exist_ok=True), shutil.copy(TINY, esc_path))))
+    esc_spec = p(f"specs/spec{ESC_CLEAR}.json")
+    add(Case("tty: spec path with escapes (not JSON)", ["bound", TINY, "--spec", esc_spec, "--out", p("out/tty_spec")],
+             setup=lambda: write(f"specs/spec{ESC_CLEAR}.json", "{nope"), check=no_raw_controls))
+    add(Case("tty: npz data path with escapes in the run's output",
+             ["bound", TINY, "--spec", p("specs/tty_npz.json"), "--out", p("out/tty_npz"), "--jobs", "1"],
+             expect="ok", check=no_raw_controls,
+             setup=lambda: (npz(f"d{ESC_TITLE}", X=mnist_subset(10)[0].reshape(20, -1), y=mnist_subset(10)[1]),
+                            spec_file("tty_npz", data={"npz": f"../data/d{ESC_TITLE}.npz"}))))
+    add(Case("tty: --cuts with an escape sequence", ["bound", TINY, "--spec", base, "--cuts", ESC_CLEAR + "relu1",
+                                                     "--out", p("out/tty_cuts")], check=no_raw_controls))
+    add(Case("tty: compare --label with escapes", ["compare", TINY, "--spec", base, "--cut", "relu1", "--label",
+                                                   ESC_TITLE, "--out", p("out/tty_cmp")], expect="ok",
+             check=no_raw_controls, timeout=180))
+    add(Case("tty: spec description with escapes does not reach the terminal",
+             ["bound", TINY, "--spec", p("specs/tty_desc.json"), "--out", p("out/tty_desc"), "--jobs", "1"],
+             expect="ok", check=no_raw_controls,
+             setup=lambda: spec_file("tty_desc", description=ESC_TITLE + ESC_CLEAR + RTL)))
+
+    # ---------------- external data ----------------------------------------------------------
+    def ext_ok(res: Result) -> str | None:
+        try:
+            doc = json.loads(res.stdout)
+        except ValueError:
+            return "stdout is not JSON"
+        return None if doc["agreement"]["ok"] and doc["cuts"][-1] == "linear3" else "does not agree with onnxruntime"
+
+    add(Case("extdata: inspect from another working directory agrees with onnxruntime",
+             runner=run_with(["inspect", p("ext/ok/m.onnx"), "--json"], cwd=p("specs")), expect="ok", quick=True,
+             setup=once(lambda: _external("ok")), check=ext_ok,
+             what="exit 0; the external weights are read beside the model; agreement ok"))
+    add(Case("extdata: bound from another working directory",
+             runner=run_with(["bound", p("ext/ok/m.onnx"), "--spec", base, "--out", p("out/ext_bound"), "--jobs", "1"],
+                             cwd=p("specs")), expect="ok", setup=once(lambda: _external("ok")),
+             check=check_results(p("out/ext_bound"), complete=True)))
+    add(Case("extdata: relative model path, run from the model's parent",
+             runner=run_with(["inspect", "ok/m.onnx"], cwd=p("ext")), expect="ok", setup=once(lambda: _external("ok"))))
+
+    def changed_weights() -> None:
+        """A finished run, then the same model with other external weights in the same --out."""
+        src = _external("swap")
+        out = p("out/ext_swap")
+        if not (out / "results.sqlite").exists():
+            r = fx(["bound", src, "--spec", base, "--out", out, "--jobs", "1"], 120)
+            if r.rc != 0:
+                raise RuntimeError(f"first run failed: {r.stderr.strip()[:200]}")
+        import onnx
+
+        m = onnx.load(str(TINY))
+        for t in m.graph.initializer:
+            a = NH.to_array(t).copy()
+            a *= 1.5
+            t.CopyFrom(NH.from_array(a, t.name))
+        tmp = p("ext/swap_tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(m, str(tmp / "m.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+        shutil.copy(tmp / "weights.bin", src.parent / "weights.bin")  # the .onnx file itself is unchanged
+
+    add(Case("extdata: other weights in the external file are another model (store fingerprint)",
+             ["bound", p("ext/swap/m.onnx"), "--spec", base, "--out", p("out/ext_swap"), "--jobs", "1"],
+             setup=changed_weights, contains=("different",), quick=True,
+             what="the store of the old weights is refused, never reused"))
+    outside = p("outside/secret.data")
+
+    def make_outside():
+        if not outside.exists():
+            write("outside/secret.data", b"\x00" * 40000)
+
+    for label, loc, contains in (("'..' out of the model's directory", "../../outside/secret.data", ("..",)),
+                                 ("an absolute path", str(p("outside/secret.data")), ("absolute",)),
+                                 ("/dev/zero", "/dev/zero", ()), ("a missing file", "nope.bin", ("no such file",)),
+                                 ("an empty location", "", ()), ("a directory", "sub", ("regular file",))):
+        slug = "ext_" + "".join(ch if ch.isalnum() else "_" for ch in label)[:30]
+        add(Case(f"extdata: location is {label}", ["inspect", p(f"ext/{slug}/m.onnx")], contains=contains,
+                 guard=(outside,), quick=label.startswith("'..'"),
+                 setup=lambda slug=slug, loc=loc: (make_outside(), p(f"ext/{slug}/sub").mkdir(parents=True, exist_ok=True),
+                                                   _external(slug, loc))))
+
+    def symlinked(slug: str, target_inside: bool):
+        def setup():
+            make_outside()
+            m = _external(slug, data_name="real.bin")
+            link = m.parent / "weights.bin"
+            if not link.is_symlink():
+                link.symlink_to(m.parent / "real.bin" if target_inside else outside)
+            import onnx
+
+            mm = onnx.load(str(m), load_external_data=False)
+            for t in mm.graph.initializer:
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = "weights.bin"
+            m.write_bytes(mm.SerializeToString())
+        return setup
+
+    add(Case("extdata: location is a symlink to a file outside", ["inspect", p("ext/ext_symout/m.onnx")],
+             contains=("symbolic link",), guard=(outside,), setup=symlinked("ext_symout", False)))
+    add(Case("extdata: location is a symlink inside the directory", ["inspect", p("ext/ext_symin/m.onnx")],
+             contains=("symbolic link",), setup=symlinked("ext_symin", True)))
+
+    def set_field(key, value):
+        def edit(t):
+            for e in t.external_data:
+                if e.key == key:
+                    e.value = value
+                    return
+            e = t.external_data.add()
+            e.key, e.value = key, value
+        return edit
+
+    for label, edit in (("offset beyond the file", set_field("offset", "999999999")),
+                        ("negative offset", set_field("offset", "-5")),
+                        ("length beyond the file", set_field("length", "999999999")),
+                        ("non-numeric length", set_field("length", "lots")),
+                        ("length shorter than the tensor", set_field("length", "4"))):
+        slug = "ext_" + "".join(ch if ch.isalnum() else "_" for ch in label)[:30]
+        add(Case(f"extdata: {label}", ["inspect", p(f"ext/{slug}/m.onnx")],
+                 setup=lambda slug=slug, edit=edit: _external(slug, edit=edit)))
+    add(Case("extdata: external file truncated", ["inspect", p("ext/ext_trunc/m.onnx")], contains=("bytes",),
+             setup=lambda: (lambda m: (m.parent / "weights.bin").write_bytes(
+                 (m.parent / "weights.bin").read_bytes()[:1000]))(_external("ext_trunc"))))
+
+    # ---------------- sparse initializers -----------------------------------------------------
+    add(Case("sparse: a sparse_initializer loads and agrees with onnxruntime", ["inspect", p("m_sparse.onnx"), "--json"],
+             expect="ok", quick=True, setup=once(lambda: _sparse_model("m_sparse.onnx")),
+             check=lambda r: None if json.loads(r.stdout)["agreement"]["ok"] else "does not agree",
+             what="exit 0 (valid ONNX), agreement ok"))
+    add(Case("sparse: bound with a sparse initializer", ["bound", p("m_sparse.onnx"), "--spec", base, "--out",
+                                                          p("out/sparse"), "--jobs", "1"], expect="ok",
+             setup=once(lambda: _sparse_model("m_sparse.onnx")),
+             check=check_results(p("out/sparse"), complete=True)))
+    add(Case("sparse: index outside the shape", ["inspect", p("m_sparse_oob.onnx")],
+             setup=lambda: _sparse_model("m_sparse_oob.onnx", indices=lambda f: f + 784 * 8)))
+    add(Case("sparse: indices of the wrong length", ["inspect", p("m_sparse_len.onnx")],
+             setup=lambda: _sparse_model("m_sparse_len.onnx", indices=lambda f: f[:-3])))
+    add(Case("sparse: dense shape of 10^12 values", ["inspect", p("m_sparse_huge.onnx")], timeout=60,
+             setup=lambda: _sparse_model("m_sparse_huge.onnx", dims=(10**6, 10**6))))
+
+    # ---------------- sizes and trip counts before allocating or folding ----------------------
+    add(Case("size: Loop with trip count 10^12 folded at load", ["inspect", p("m_loop.onnx")], timeout=60,
+             contains=("trip count",), quick=True, setup=lambda: _loop_model("m_loop.onnx", 10**12)))
+    add(Case("size: Loop without a trip count", ["inspect", p("m_loop_none.onnx")], timeout=60,
+             setup=lambda: _loop_model("m_loop_none.onnx", None)))
+    add(Case("size: Loop with trip count 3 folds", ["inspect", p("m_loop3.onnx")], expect="ok", timeout=60,
+             setup=lambda: _loop_model("m_loop3.onnx", 3)))
+    big = np.array([10**6, 10**6], np.int64)
+    add(Case("size: ConstantOfShape of 10^12 values", ["inspect", p("m_cos.onnx")], timeout=60,
+             setup=lambda: _const_then_add("m_cos.onnx", [H.make_node("Constant", [], ["s"], value=NH.from_array(big)),
+                                                          H.make_node("ConstantOfShape", ["s"], ["k"])], "k")))
+    add(Case("size: Expand to 10^12 values", ["inspect", p("m_expand.onnx")], timeout=60,
+             setup=lambda: _const_then_add("m_expand.onnx", [
+                 H.make_node("Constant", [], ["v"], value=NH.from_array(np.ones((1, 1), np.float32))),
+                 H.make_node("Constant", [], ["s"], value=NH.from_array(big)),
+                 H.make_node("Expand", ["v", "s"], ["k"])], "k")))
+    add(Case("size: Tile by 10^9", ["inspect", p("m_tile.onnx")], timeout=60,
+             setup=lambda: _const_then_add("m_tile.onnx", [
+                 H.make_node("Constant", [], ["v"], value=NH.from_array(np.ones((1, 784), np.float32))),
+                 H.make_node("Constant", [], ["r"], value=NH.from_array(np.array([10**9, 1], np.int64))),
+                 H.make_node("Tile", ["v", "r"], ["k"])], "k")))
+    add(Case("size: Range of 10^12 values", ["inspect", p("m_range.onnx")], timeout=60,
+             setup=lambda: _const_then_add("m_range.onnx", [
+                 H.make_node("Constant", [], ["a"], value=NH.from_array(np.array(0.0, np.float32))),
+                 H.make_node("Constant", [], ["b"], value=NH.from_array(np.array(1e12, np.float32))),
+                 H.make_node("Constant", [], ["d"], value=NH.from_array(np.array(1.0, np.float32))),
+                 H.make_node("Range", ["a", "b", "d"], ["k"])], "k")))
+    add(Case("size: input of 10^8 values", ["inspect", p("m_in1e8.onnx")], timeout=60, contains=("100,000,000",),
+             quick=True,
+             setup=lambda: write("m_in1e8.onnx", model_bytes([H.make_node("Relu", ["x"], ["y"])],
+                                                             [vi("x", [1, 10**8])], [vi("y", [1, 10**8])], {}))))
+    add(Case("size: Pad of an activation by 10^9", ["inspect", p("m_pad.onnx")], timeout=60,
+             setup=lambda: write("m_pad.onnx", model_bytes(
+                 [H.make_node("Pad", ["x", "pads"], ["xp"]), H.make_node("Relu", ["xp"], ["y"])],
+                 [vi("x", [1, 784])], [vi("y", None)], {"pads": np.array([0, 0, 0, 10**9], np.int64)}))))
+    add(Case("size: broadcast of the input against a (10^5, 1) constant", ["inspect", p("m_bcast.onnx")],
+             timeout=60, setup=lambda: write("m_bcast.onnx", model_bytes(
+                 [H.make_node("Add", ["x", "c"], ["a"]), H.make_node("Relu", ["a"], ["y"])],
+                 [vi("x", [1, 784])], [vi("y", None)], {"c": np.zeros((10**5, 1), np.float32)}))))
+    add(Case("size: MaxPool with a 10^5 x 10^5 window", ["inspect", p("m_pool.onnx")], timeout=60,
+             setup=lambda: write("m_pool.onnx", model_bytes(
+                 [H.make_node("MaxPool", ["x"], ["y"], kernel_shape=[10**5, 10**5], pads=[10**5] * 4)],
+                 [vi("x", [1, 1, 28, 28])], [vi("y", None)], {}))))
+
+    # ---------------- spec and data edge cases -------------------------------------------------
+    def raw_spec(slug: str, text: str) -> Callable[[], Path]:
+        return lambda: write(f"specs/{slug}.json", text)
+
+    def spec_run(slug: str, extra=()) -> list:
+        return ["bound", TINY, "--spec", p(f"specs/{slug}.json"), "--out", p(f"out/{slug}"), "--jobs", "1", *extra]
+
+    dup = json.dumps(BASE)[:-1] + ', "eps": [5.0]}'
+    add(Case("spec+: duplicate top-level key (eps twice)", spec_run("dup_eps"), setup=raw_spec("dup_eps", dup),
+             contains=("eps", "twice"), quick=True))
+    add(Case("spec+: duplicate key inside selection", spec_run("dup_sel"),
+             setup=raw_spec("dup_sel", json.dumps(BASE)[:-1] + ', "selection": {"method": "random", "seed": 1, '
+                            '"seed": 2}}'), contains=("seed",)))
+    add(Case("spec+: -0.0 in the grid is the budget 0", spec_run("negzero"), expect="ok",
+             setup=lambda: write("specs/negzero.json", json.dumps(BASE).replace("[0.0, 1.0, 2.0]", "[-0.0, 1.0]")),
+             check=check_results(p("out/negzero"), spec__eps=lambda e: None if e == [0.0, 1.0] and
+                                 "-0" not in json.dumps(e) else f"grid {e}")))
+    add(Case("spec+: --eps -0,1 is the budget 0", ["bound", TINY, "--spec", base, "--out", p("out/negzero_cli"),
+                                                  "--jobs", "1", "--eps", "-0,1"], expect="ok",
+             check=check_results(p("out/negzero_cli"), spec__eps=lambda e: None if "-0" not in json.dumps(e)
+                                 else f"grid {e}")))
+    for label, seed in (("1e20", "1e20"), ("2^64", str(2**64)), ("1e300", "1e300")):
+        slug = "seed_" + label.replace("^", "_")
+        add(Case(f"spec+: selection seed {label}", spec_run(slug), contains=("seed",), quick=label == "1e20",
+                 setup=raw_spec(slug, json.dumps(spec_doc(selection={"method": "random", "seed": 1})).replace(
+                     '"seed": 1', f'"seed": {seed}'))))
+    add(Case("spec+: selection seed 1e3 written as a float runs", spec_run("seed_float"), expect="ok",
+             setup=raw_spec("seed_float", json.dumps(spec_doc(selection={"method": "random", "seed": 1})).replace(
+                 '"seed": 1', '"seed": 1e3')), check=check_results(p("out/seed_float"), points__n=4)))
+    for tb in ("1e300", "1e10", "3e9"):
+        add(Case(f"spec+: time_budget {tb}", spec_run(f"tb_{tb}"), contains=("time_budget",), quick=tb == "1e300",
+                 setup=raw_spec(f"tb_{tb}", json.dumps(BASE)[:-1] + f', "time_budget": {tb}}}')))
+    for tb in ("1e10", "1e300", "9.3e9"):
+        add(Case(f"cli+: --time-budget {tb}", ["bound", TINY, "--spec", base, "--out", p(f"out/cli_tb_{tb}"),
+                                               "--time-budget", tb], contains=("time budget",), quick=tb == "1e10"))
+    long_name = "x" * 5000
+    add(Case("path: a 5,000-character model path", ["inspect", p(long_name + ".onnx")], quick=True))
+    add(Case("path: a 5,000-character spec path", ["bound", TINY, "--spec", p(long_name + ".json"), "--out",
+                                                   p("out/longspec")]))
+    add(Case("path: a 5,000-character --out", ["bound", TINY, "--spec", base, "--out", p("out/" + long_name)]))
+    add(Case("path: a 5,000-character npz path in the spec", spec_run("longnpz"),
+             setup=lambda: spec_file("longnpz", data={"npz": "../" + long_name + ".npz"})))
+    add(Case("path: a 5,000-character idx_dir in the spec", spec_run("longidx"),
+             setup=lambda: spec_file("longidx", data={"idx_dir": "../" + long_name})))
+    add(Case("path: 300 nested directories of 250 characters", ["inspect", p("/".join(["d" * 250] * 300) + "/m.onnx")]))
+    for label, norm in (("std 1e-300", {"mean": 0.1, "std": 1e-300}), ("mean 1e308", {"mean": 1e308, "std": 0.3}),
+                        ("mean -1e308", {"mean": -1e308, "std": 0.3}), ("std 1e308", {"mean": 0.0, "std": 1e308}),
+                        ("std 1e-12 per channel", {"mean": [0.1], "std": [1e-12]})):
+        slug = "norm_" + "".join(ch if ch.isalnum() else "_" for ch in label)
+        exp = "ok" if label == "std 1e308" else "error"
+        add(Case(f"spec+: normalize {label}", spec_run(slug), setup=lambda slug=slug, norm=norm: spec_file(
+            slug, normalize=norm), expect=exp, contains=("normalize",) if exp == "error" else (),
+            quick=label == "std 1e-300",
+            check=check_results(p(f"out/{slug}"), complete=True) if exp == "ok" else None))
+    Xi, yi = mnist_subset(10)
+
+    def idx_labels(slug: str, labels: np.ndarray, code: int):
+        def setup():
+            d = idx_dir(slug, labels=idx_bytes(labels, code))
+            spec_file(slug, data={"idx_dir": f"../idx/{slug}"})
+            return d
+        return setup
+
+    add(Case("data+: IDX float labels 3.7 / 7.2 are refused, not truncated", spec_run("idx_frac"),
+             setup=idx_labels("idx_frac", np.where(yi == 3, 3.7, 7.2).astype(">f8"), 0x0E), contains=("3.7",),
+             quick=True))
+    add(Case("data+: IDX float labels 3.0 / 7.0 are whole numbers", spec_run("idx_whole"), expect="ok",
+             setup=idx_labels("idx_whole", yi.astype(">f4"), 0x0D), check=check_results(p("out/idx_whole"), points__n=4)))
+    add(Case("data+: IDX labels of 1e20", spec_run("idx_huge"),
+             setup=idx_labels("idx_huge", np.where(yi == 3, 1e20, 7.0).astype(">f8"), 0x0E), check=no_raw_controls))
+    add(Case("data+: IDX labels with NaN", spec_run("idx_nan"),
+             setup=idx_labels("idx_nan", np.where(yi == 3, np.nan, 7.0).astype(">f8"), 0x0E)))
+    add(Case("data+: IDX images of NaN", spec_run("idx_nanimg"),
+             setup=lambda: (idx_dir("idx_nanimg", images=idx_bytes(np.full(Xi.shape, np.nan, ">f4"), 0x0D)),
+                            spec_file("idx_nanimg", data={"idx_dir": "../idx/idx_nanimg"}))))
+    for label, y in (("1e20", np.where(yi == 3, 1e20, 7.0)), ("-1e20", np.where(yi == 3, -1e20, 7.0)),
+                     ("NaN", np.where(yi == 3, np.nan, 7.0)), ("3.5", np.where(yi == 3, 3.5, 7.0)),
+                     ("booleans", yi == 3), ("uint64 2^64-1", np.where(yi == 3, 2**64 - 1, 7).astype(np.uint64))):
+        slug = "npzlab_" + "".join(ch if ch.isalnum() else "_" for ch in label)
+        add(Case(f"data+: npz labels {label}", spec_run(slug), check=no_raw_controls,
+                 setup=lambda slug=slug, y=y: (npz(slug, X=Xi.reshape(len(Xi), -1), y=y),
+                                               spec_file(slug, data={"npz": f"../data/{slug}.npz"}))))
+
+    # ---------------- the Python API ----------------------------------------------------------
+    prelude = ("net = fxverify.load_model(TINY)\npts = fxverify.load_spec(SPEC).load_points()\n"
+               "u, v = pts.X_a[0], pts.X_b[0]\n")
+
+    def api_case(label: str, body: str, expect="error", contains=(), quick=False, check=None, needs_net=True):
+        add(Case(f"api: {label}", runner=api((prelude if needs_net else "") + body), expect=expect,
+                 contains=contains, quick=quick, check=check, timeout=120))
+
+    api_case("collide(method='bogus')", "fxverify.collide(net, 'relu2', u, v, method='bogus')",
+             contains=("bogus",), quick=True)
+    api_case("collide with u as a list of strings", "fxverify.collide(net, 'relu2', [str(x) for x in u], v)",
+             contains=("u",), quick=True)
+    api_case("collide with a complex u", "fxverify.collide(net, 'relu2', u + 1j, v)", contains=("complex",))
+    api_case("collide with v of booleans", "fxverify.collide(net, 'relu2', u, v > 0.5)")
+    api_case("collide with network=None", "fxverify.collide(None, 'relu2', u, v)", contains=("Network",),
+             quick=True)
+    api_case("collide with a path instead of a Network", "fxverify.collide(TINY, 'relu2', u, v)",
+             contains=("load_model",))
+    api_case("collide with a 3-value domain", "fxverify.collide(net, 'relu2', u, v, domain=(0, 1, 2))",
+             contains=("domain",))
+    api_case("collide with domain=(1, 0)", "fxverify.collide(net, 'relu2', u, v, domain=(1, 0))")
+    api_case("collide with a cut given as a number", "fxverify.collide(net, 3, u, v)")
+    api_case("collide with norm=2", "fxverify.collide(net, 'relu2', u, v, norm=2)")
+    api_case("collide with solver=5", "fxverify.collide(net, 'relu2', u, v, solver=5)")
+    api_case("collide with a ragged u", "fxverify.collide(net, 'relu2', [[1, 2], [3]], v)")
+    api_case("Collider(None, engine)", "fxverify.Collider(None, fxverify.resolve_engine())")
+    api_case("Collider(net, 'descent-activeset') (a name, not an Engine)",
+             "fxverify.Collider(net, 'descent-activeset')")
+    api_case("Collider.collide_cuts with a grid given as a string",
+             "fxverify.Collider(net, fxverify.resolve_engine()).collide_cuts(u, v, grid='12')")
+    api_case("lower_bounds with a negative budget", "fxverify.lower_bounds(np.array([[-1.0, 2.0]]), [1.0])",
+             contains=("negative",), quick=True, needs_net=False)
+    api_case("lower_bounds with -inf", "fxverify.lower_bounds(np.array([[-np.inf, 2.0]]), [1.0])",
+             needs_net=False)
+    api_case("lower_bounds with the grid as a string", "fxverify.lower_bounds(np.array([[0.5, 2.0]]), '0.5')",
+             contains=("grid",), quick=True, needs_net=False)
+    api_case("lower_bounds with a complex matrix", "fxverify.lower_bounds(np.array([[0.5 + 1j]]), [1.0])",
+             needs_net=False)
+    api_case("lower_bounds with strings", "fxverify.lower_bounds([['a', 'b']], [1.0])", needs_net=False)
+    api_case("lower_bounds with a grid of None", "fxverify.lower_bounds(np.array([[0.5]]), [None])",
+             needs_net=False)
+    api_case("lower_bounds with a number as the grid", "fxverify.lower_bounds(np.array([[0.5]]), 1.0)",
+             needs_net=False)
+    api_case("lower_bounds control", "print(fxverify.lower_bounds(np.array([[0.5, np.inf]]), [0.0, 1.0])[1].edges)",
+             expect="ok", needs_net=False, check=lambda r: None if r.stdout.strip() == "1" else r.stdout)
+    for label, kw in (("jobs=0", "jobs=0"), ("jobs=-1", "jobs=-1"), ("jobs=1.5", "jobs=1.5"),
+                      ("jobs=True", "jobs=True"), ("solver_options as a string", "solver_options='max_iterations=3'"),
+                      ("eps as a string", "eps='0.5'"), ("classes as a string", "classes='37'"),
+                      ("cuts as a string", "cuts='relu1'"), ("n=2.5", "n=2.5"), ("n=0", "n=0"),
+                      ("time_budget=1e300", "time_budget=1e300"), ("time_budget='10'", "time_budget='10'"),
+                      ("eps with -inf", "eps=[float('-inf')]"), ("out=5", "out=5"), ("norm=['l2']", "norm=['l2']"),
+                      ("exhaustive='yes'", "exhaustive='yes'"), ("executor=None", "executor=None")):
+        n_kw = "" if kw.startswith("n=") else "n=2, "
+        out_kw = "" if kw.startswith("out=") else "out='out/api_bound', "
+        api_case(f"bound({label})", f"fxverify.bound(TINY, SPEC, {out_kw}{n_kw}{kw})",
+                 quick=label in ("jobs=0", "solver_options as a string"), needs_net=False)
+    api_case("bound(None, SPEC)", "fxverify.bound(None, SPEC, jobs=1)", needs_net=False)
+    api_case("bound(TINY, None)", "fxverify.bound(TINY, None, jobs=1)", needs_net=False)
+    api_case("bound control (n=2, jobs=1)", "a = fxverify.bound(TINY, SPEC, n=2, jobs=1, cuts=['relu1'], "
+             "out='out/api_ok', write=False)\nprint(a.complete)", expect="ok", needs_net=False,
+             check=lambda r: None if r.stdout.strip() == "True" else r.stdout)
+    api_case("resolve_engine(method='bogus')", "fxverify.resolve_engine(method='bogus')", needs_net=False)
+    api_case("resolve_engine(domain=(0, 1, 2))", "fxverify.resolve_engine(domain=(0, 1, 2))", needs_net=False)
+    api_case("resolve_engine(norm=None, solver=3.5)", "fxverify.resolve_engine(solver=3.5)", needs_net=False)
+    api_case("load_model(None)", "fxverify.load_model(None)", needs_net=False)
+    api_case("load_model(b'bytes')", "fxverify.load_model(b'\\x08\\x07')", needs_net=False)
+    api_case("load_model('')", "fxverify.load_model('')", needs_net=False)
+    api_case("load_model of a Network", "fxverify.load_model(fxverify.load_model(TINY))", needs_net=False)
+    api_case("load_spec(None)", "fxverify.load_spec(None)", needs_net=False)
+    api_case("load_spec({'version': 1})", "fxverify.load_spec({'version': 1})", needs_net=False)
+    api_case("collide control", "print(fxverify.collide(net, 'relu2', u, v).status.value)", expect="ok",
+             check=lambda r: None if r.stdout.strip() == "found" else r.stdout)
+
+    # ---------------- resources: memory and open-file limits -----------------------------------
+    tiny_run = ["bound", TINY, "--spec", base, "--n", "2", "--cuts", "relu1,relu2"]
+    if _prlimit() is not None:
+        for mb in (300, 400, 500, 550, 700, 1000, 1200, 2000):
+            for jobs in ((1, 2) if mb in (500, 1200) else (1,)):
+                out = p(f"out/as_{mb}_{jobs}")
+                add(Case(f"limit: prlimit --as {mb} MB, bound --jobs {jobs}",
+                         runner=run_with(tiny_run + ["--out", out, "--jobs", jobs],
+                                         prefix=_prlimit(f"--as={mb * 10**6}")),
+                         expect="ok_or_error", timeout=30, quick=mb in (500, 1200) and jobs == 1,
+                         check=lambda r, out=out: None if r.rc != 0 else check_results(out, complete=True)(r),
+                         what="one error line within 30 s, or a complete run"))
+        add(Case("limit: SIGTERM of a bound under prlimit --as 1.2 GB", runner=run_sigterm_limited(1_200_000_000),
+                 code=143, contains=("SIGTERM",), timeout=60, serial=True, expect="ok_or_error",
+                 what="exit 143 (or 0 when the run ended first) within the timeout"))
+        for n_files, jobs in ((16, 2), (16, 1), (40, 2), (70, 2)):
+            out = p(f"out/nofile_{n_files}_{jobs}")
+            add(Case(f"limit: prlimit --nofile={n_files}, bound --jobs {jobs}",
+                     runner=run_with(tiny_run + ["--out", out, "--jobs", jobs], prefix=_prlimit(f"--nofile={n_files}")),
+                     expect="ok_or_error", timeout=120, quick=n_files == 16 and jobs == 2,
+                     check=lambda r, out=out: None if r.rc != 0 else check_results(out, complete=True)(r)))
+        add(Case("limit: prlimit --nproc=1 (no threads or processes)",
+                 runner=run_with(tiny_run + ["--out", p("out/nproc"), "--jobs", "2"], prefix=_prlimit("--nproc=1")),
+                 expect="ok_or_error", timeout=60))
+
+    # ---------------- environment and output plumbing -----------------------------------------
+    add(Case("env: stdout closed (>&-), inspect", runner=run_with(["inspect", TINY], stdout=None, close=(1,)),
+             contains=("standard output",), quick=True))
+    add(Case("env: stdout closed (>&-), bound", runner=run_with(tiny_run + ["--out", p("out/closed1")], stdout=None,
+                                                                 close=(1,)), contains=("standard output",)))
+    add(Case("env: stderr closed (2>&-), bad model keeps exit 2",
+             runner=run_with(["inspect", p("garbage.onnx")], stderr=None, close=(2,)), expect="code_only",
+             what="exit 2 (no stderr to read)"))
+    add(Case("env: stderr closed (2>&-), inspect succeeds", runner=run_with(["inspect", TINY], stderr=None,
+                                                                            close=(2,)), expect="ok"))
+    add(Case("env: stdin closed (<&-), bound", runner=run_with(tiny_run + ["--out", p("out/closed0"), "--jobs", "1"],
+                                                               close=(0,)), expect="ok",
+             check=check_results(p("out/closed0"), complete=True)))
+    if os.path.exists("/dev/full"):
+        add(Case("env: stderr on /dev/full keeps exit 2", runner=run_with(["inspect", p("garbage.onnx")],
+                                                                          stderr="/dev/full"),
+                 expect="code_only", quick=True, what="exit 2, not 1"))
+        add(Case("env: stderr on /dev/full, bound --eps a,b", runner=run_with(tiny_run + ["--eps", "a,b"],
+                                                                             stderr="/dev/full"), expect="code_only"))
+    add(Case("env: stdout a broken pipe (inspect | head)", runner=run_with(["inspect", TINY], stdout="broken"),
+             contains=("standard output",), quick=True))
+    add(Case("env: stdout a broken pipe (inspect --json | head)", runner=run_with(["inspect", TINY, "--json"],
+                                                                                  stdout="broken"),
+             contains=("standard output",)))
+    add(Case("env: stdout a broken pipe (solvers)", runner=run_with(["solvers"], stdout="broken"),
+             contains=("standard output",)))
+    add(Case("env: stdout a broken pipe (--help)", runner=run_with(["--help"], stdout="broken"),
+             contains=("standard output",)))
+    add(Case("env: real pipe into head -c 20", runner=run_head(["inspect", TINY]), expect="ok_or_error",
+             contains=("standard output",), what="exit 0 when everything was written first, else one line, exit 2"))
+    uni = p("modèle_ünï.onnx")
+    add(Case("env: PYTHONIOENCODING=ascii with a non-ASCII model path", runner=run_with(
+        ["inspect", uni], env={"PYTHONIOENCODING": "ascii"}), expect="ok", setup=lambda: shutil.copy(TINY, uni),
+        quick=True))
+    add(Case("env: PYTHONIOENCODING=ascii, non-ASCII path not found", runner=run_with(
+        ["inspect", p("nöpe.onnx")], env={"PYTHONIOENCODING": "ascii"}), contains=("not found",)))
+    add(Case("env: LANG=C and PYTHONIOENCODING=ascii, bound with a non-ASCII --out", runner=run_with(
+        tiny_run + ["--out", p("out/ünï"), "--jobs", "1"], env={"PYTHONIOENCODING": "ascii", "LANG": "C",
+                                                              "LC_ALL": "C"}), expect="ok"))
+    add(Case("env: onnxruntime cannot run the model: no third-party log line before the error",
+             ["inspect", p("m_ort_refuses.onnx")], setup=lambda: _ort_refuses("m_ort_refuses.onnx"),
+             check=no_raw_controls, quick=True))
+    add(Case("env: numpy warnings are not printed (labels 1e20 in npz)", spec_run("npzlab_1e20"),
+             check=lambda r: "Warning" in r.stderr and "RuntimeWarning printed" or None))
+    add(Case("env: a working directory that is not writable, inspect", runner=run_with(["inspect", TINY],
+                                                                                      cwd=Path("/proc")),
+             expect="ok"))
+
+    # ---------------- the store as a way out of the run's directory --------------------------
+    secret = p("outside/victim.txt")
+
+    def victim():
+        if not secret.exists():
+            write("outside/victim.txt", "do not touch\n")
+
+    def store_case(label: str, prepare, command: str = "bound", guard=(secret,), model_=TINY, check=None):
+        slug = "st_" + "".join(ch if ch.isalnum() else "_" for ch in label)[:40]
+        out = p(f"out/{slug}")
+        add(Case(f"store: {label}", [command, model_, "--spec", base, "--out", out, "--jobs", "1"], guard=guard,
+                 setup=lambda: (victim(), out.mkdir(parents=True, exist_ok=True), prepare(out)),
+                 expect="ok_or_error", check=check(out) if check else None,
+                 what="refused with one line, or a correct run that leaves every file outside --out as it was"))
+
+    def link(name):
+        def prepare(out):
+            target = out / name
+            if not target.is_symlink():
+                target.symlink_to(secret)
+        return prepare
+
+    store_case(".fxverify.lock is a symlink to a file outside", link(".fxverify.lock"))
+    store_case("results.sqlite is a symlink to a file outside", link("results.sqlite"))
+    store_case("results.json is a symlink to a file outside", link("results.json"))
+    store_case("distances.npz is a symlink to a file outside", link("distances.npz"), command="distances")
+    store_case("results.sqlite is a dangling symlink", lambda out: (out / "results.sqlite").is_symlink() or
+               (out / "results.sqlite").symlink_to(p("outside/created.sqlite")), guard=(p("outside/created.sqlite"),))
+
+    def fresh(model_):
+        """A check that a run's bounds equal those of a fresh run of the same model in a new --out."""
+        def make(out):
+            def check(res: Result) -> str | None:
+                ref = p(f"out/fresh_{model_.stem}")
+                if not (ref / "results.json").exists():
+                    r = fx(["bound", model_, "--spec", base, "--out", ref, "--jobs", "1"], 120)
+                    if r.rc != 0:
+                        return f"the fresh reference run failed: {r.stderr.strip()[:160]}"
+                got = [(x["cut"], x["eps"], x["edges"]) for x in results(out)["results"]]
+                want = [(x["cut"], x["eps"], x["edges"]) for x in results(ref)["results"]]
+                return None if got == want else "bounds differ from a fresh run (a tampered row was used)"
+            return check
+        return make
+
+    def tamper(sql: str):
+        def prepare(out):
+            if not (out / "done").exists():
+                r = fx(["bound", TINY, "--spec", base, "--out", out, "--jobs", "1"], 120)
+                if r.rc != 0:
+                    raise RuntimeError(f"could not make a store: {r.stderr.strip()[:200]}")
+                with sqlite3.connect(out / "results.sqlite") as con:
+                    con.executescript(sql)
+                (out / "done").write_text("")
+        return prepare
+
+    def matrix_outside(out):
+        tamper("")(out)
+        import hashlib
+
+        if not p("outside/m.npy").exists():
+            p("outside").mkdir(exist_ok=True)
+            np.save(p("outside/m.npy"), np.zeros((2, 2)))
+        digest = hashlib.sha256(p("outside/m.npy").read_bytes()).hexdigest()
+        with sqlite3.connect(out / "results.sqlite") as con:
+            con.execute("UPDATE matrices SET file = ?, sha256 = ?", ("../../outside/m.npy", digest))
+
+    for label, sql in (("a pair row with eps -1 'found'", "UPDATE pairs SET eps = -1 WHERE cut = 'relu1';"),
+                       ("a pair row with an unknown status", "UPDATE pairs SET status = 'bogus';"),
+                       ("a pair row with an index out of range", "UPDATE pairs SET i = 99 WHERE rowid = 1;"),
+                       ("a pair row with a text eps", "UPDATE pairs SET eps = 'abc' WHERE rowid = 1;")):
+        store_case(label, tamper(sql), check=fresh(TINY))
+    store_case("the meta rows deleted, then another model's run", tamper("DELETE FROM meta;"), model_=SMALLER,
+               check=fresh(SMALLER))
+    store_case("a matrix row naming ../ outside the store (sha256 matching)", matrix_outside, check=fresh(TINY))
+    return cases
+
+
+def run_head(args) -> Callable[[Case], Result]:
+    """``fxverify ARGS | head -c 20`` through a shell; stdout is what head printed."""
+
+    def runner(case: Case) -> Result:
+        t0 = time.perf_counter()
+        cmd = " ".join(shlex.quote(str(a)) for a in CLI + list(args))
+        proc = subprocess.Popen(["bash", "-c", f"{cmd} | head -c 20 >/dev/null; exit ${{PIPESTATUS[0]}}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=WORK, start_new_session=True)
+        return _finish(proc, t0, case.timeout)
+
+    return runner
+
+
+def run_sigterm_limited(limit: int) -> Callable[[Case], Result]:
+    """A long bound under an address-space limit, SIGTERM after 3 s: it must end."""
+
+    def runner(case: Case) -> Result:
+        args, out = _long_run_args("sigterm_limited", 2)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(_prlimit(f"--as={limit}") + CLI + [str(a) for a in args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=WORK, start_new_session=True)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+        return _finish(proc, t0, case.timeout - 3)
+
+    return runner
+
+
 GARBAGE = b"\x00\xffgarbage-not-protobuf" * 40
 
 
@@ -1462,9 +2272,10 @@ def _foreign_db(out: Path) -> None:
 def main(argv=None) -> int:
     global WORK
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="run the quick subset (~40 cases)")
+    ap.add_argument("--quick", action="store_true", help="run the quick subset (~60 cases)")
     ap.add_argument("--jobs", type=int, default=2, help="cases run at the same time (default 2)")
-    ap.add_argument("--only", default=None, help="run only the cases whose name contains this text")
+    ap.add_argument("--only", default=None, help="run only the cases whose name contains this text (several: "
+                                                 "separated by '|')")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("-v", "--verbose", action="store_true", help="show stderr of failing cases")
     ns = ap.parse_args(argv)
@@ -1474,14 +2285,20 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         common_setup()
-        cases = build_cases()
+        cases = build_cases() + hostile_cases()
+        unknown = {n for n in QUICK - {c.name for c in cases}
+                   if not n.startswith("limit:") and "/dev/full" not in n}  # those need prlimit, /dev/full
+        assert not unknown, f"QUICK names unknown cases: {unknown}"
+        for c in cases:
+            c.quick = c.name in QUICK
         names = [c.name for c in cases]
         dup = {n for n in names if names.count(n) > 1}
         assert not dup, f"duplicate case names: {dup}"
         if ns.quick:
             cases = [c for c in cases if c.quick]
         if ns.only:
-            cases = [c for c in cases if ns.only.lower() in c.name.lower()]
+            wanted = [w.lower() for w in ns.only.split("|") if w]
+            cases = [c for c in cases if any(w in c.name.lower() for w in wanted)]
         print(f"fault sweep: {len(cases)} cases, CLI {' '.join(CLI)}, temp {tmp}", flush=True)
         lock = threading.Lock()
         outcome: dict[str, tuple[str, str, float]] = {}

@@ -28,7 +28,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..backends.base import SolverOptions, Termination, with_fallbacks
-from ..errors import DataError, SolverError
+from ..errors import ArgumentError, DataError, SolverError
 from ..ir import Network
 from ..results import Collision, CollisionStatus
 from .affine import affine_problem, closed_form, pair_collision
@@ -43,10 +43,13 @@ class Collider:
     """Finds and verifies collisions for one network with one resolved engine."""
 
     def __init__(self, net: Network, engine) -> None:
+        from .. import _checks
         from ..config import Engine
 
+        _checks.network(net, "Collider's network")
         if not isinstance(engine, Engine):
-            raise TypeError(f"Collider needs a resolved Engine (fxverify.resolve_engine(...)), not {engine!r}")
+            raise ArgumentError(f"Collider needs a resolved Engine (fxverify.resolve_engine(...)), not "
+                                f"{type(engine).__name__}")
         self.net = net
         self.engine = engine
         self.method = self.engine.method
@@ -75,7 +78,9 @@ class Collider:
 
     # ----------------------------------------------------------------------------------
     def _point(self, x, name: str) -> np.ndarray:
-        X, single = self.net.as_batch(x)
+        from .. import _checks
+
+        X, single = self.net.as_batch(_checks.real_array(x, name))
         if not single:
             raise DataError(f"{name} must be one sample, got a batch of {X.shape[0]}")
         if not np.all(np.isfinite(X)):
@@ -105,10 +110,17 @@ class Collider:
     def collide(self, cut: str, u, v) -> Collision:
         """One pair at one cut. The descent keeps the collision of a closed-form cut that
         determines this one when it is better."""
+        cut = self._cut_name(cut)
         if self.method == "descent":
             return self.collide_cuts(u, v, (cut,))[cut]
         u, v = self._point(u, "u"), self._point(v, "v")
         return self._collide(cut, u, v, None)
+
+    @staticmethod
+    def _cut_name(cut) -> str:
+        if not isinstance(cut, str):
+            raise ArgumentError(f"cut must be a cut name (a string, see Network.cuts), not {type(cut).__name__}")
+        return cut
 
     def _collide(self, cut: str, u: np.ndarray, v: np.ndarray, start: Collision | None,
                  stop: GridStop | None = None) -> Collision:
@@ -244,9 +256,12 @@ class Collider:
         are for; a descent stops once its eps is below every positive one
         (:class:`~fxverify.collision.descent.GridStop`; None: every descent runs to its local
         optimum)."""
-        stop = None if grid is None else GridStop(tuple(sorted(float(g) for g in grid)))
+        from .. import _checks
+
+        stop = None if grid is None else GridStop(tuple(sorted(_checks.budget_grid(grid, "grid"))))
         u, v = self._point(u, "u"), self._point(v, "v")
-        wanted = self.net.cuts if cuts is None else tuple(cuts)
+        wanted = self.net.cuts if cuts is None else tuple(self._cut_name(c) for c in _checks.sequence(cuts, "cuts",
+                                                                                                       "cut names"))
         for c in wanted:
             self.net.cut_index(c)
         if self.method != "descent":
@@ -285,8 +300,16 @@ def collide(network: Network, cut: str, u, v, method: str | None = None, solver=
     """
     import json
 
-    from ..profiles import SolverProfile
+    from .. import _checks
+    from ..profiles import METHODS, SolverProfile
 
+    _checks.network(network)
+    Collider._cut_name(cut)
+    _checks.text(method, "method", METHODS)
+    solver = _checks.solver(solver)
+    _checks.text(check_solver, "check_solver")
+    _checks.text(norm, "norm")
+    domain = _checks.domain(domain)
     solver_key = json.dumps(solver.to_dict(), sort_keys=True, default=str) if isinstance(solver, SolverProfile) \
         else solver
     key = (method, solver_key, check_solver, norm, None if domain is None else tuple(float(x) for x in domain))
