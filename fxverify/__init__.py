@@ -2,8 +2,8 @@
 
 The documented API: :func:`load_model` (ONNX -> graph IR), :func:`collide` (one pair at one cut),
 :class:`Collider` (many pairs, with an :class:`Engine` from :func:`resolve_engine`),
-:func:`lower_bounds` (0-1 and cross-entropy bounds from per-pair budgets) and :func:`bound`
-(the main job, as ``fxverify bound``).
+:func:`lower_bounds` (0-1 and cross-entropy bounds from per-pair budgets; for K classes
+:func:`lower_bounds_multiclass`) and :func:`bound` (the main job, as ``fxverify bound``).
 """
 
 __version__ = "0.2.0"
@@ -11,11 +11,12 @@ __version__ = "0.2.0"
 from .errors import FxverifyError  # noqa: E402
 from .ir import Network  # noqa: E402
 from .onnx_import import load_model  # noqa: E402
-from .bounds import lower_bounds  # noqa: E402
+from .bounds import lower_bounds, lower_bounds_multiclass  # noqa: E402
 from .collision import Collider, Collision, CollisionStatus, collide  # noqa: E402
 from .config import Engine, resolve_engine  # noqa: E402
 from .analysis import Analysis, bound  # noqa: E402
 from .spec import Spec, load_spec  # noqa: E402
 
-__all__ = ["FxverifyError", "Network", "load_model", "lower_bounds", "Collider", "Collision", "CollisionStatus",
-           "collide", "Engine", "resolve_engine", "Analysis", "bound", "Spec", "load_spec", "__version__"]
+__all__ = ["FxverifyError", "Network", "load_model", "lower_bounds", "lower_bounds_multiclass", "Collider", "Collision",
+           "CollisionStatus", "collide", "Engine", "resolve_engine", "Analysis", "bound", "Spec", "load_spec",
+           "__version__"]
