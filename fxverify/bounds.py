@@ -473,3 +473,31 @@ def lower_bounds_multiclass(eps_pairs, labels, grid) -> list[MulticlassBoundReco
                                 f"by its dual ({dual!r}); please report it")
         out.append(MulticlassBoundRecord(eps=g, edges=edges, loss01_lower=loss01, ce_lower=ce, ce_dual=dual))
     return out
+
+
+# ---- hyperedges (optional, general LP) ----------------------------------------------------------
+def loss01_lower_hypergraph(n: int, hyperedges) -> tuple[float, float]:
+    """0-1 bound with hyperedges: 1 - max{sum q : sum_{v in e} q_v <= 1 for every hyperedge e,
+    0 <= q <= 1} / n, by a general LP (HiGHS). Three points of three classes that share one
+    perturbed point form a hyperedge of degree 3; pairs are hyperedges of degree 2.
+
+    ``hyperedges``: integer arrays of shape (k, d), one row per hyperedge of degree d. Returns
+    (certified, primal): ``primal`` from HiGHS's solution, ``certified`` from its duals y >= 0
+    through weak duality, max <= sum y + sum_v max(0, 1 - sum_{e ∋ v} y_e), which holds for any
+    y >= 0 and so is a valid bound whatever the solver's tolerances (certified <= primal)."""
+    from scipy.optimize import linprog
+
+    arrays = [np.asarray(h, dtype=np.int64).reshape(len(h), -1) for h in hyperedges if len(h)]
+    if n == 0 or not arrays:
+        return 0.0, 0.0
+    rows = np.concatenate([np.repeat(np.arange(len(h)), h.shape[1]) + off
+                           for h, off in zip(arrays, np.cumsum([0] + [len(h) for h in arrays[:-1]]))])
+    cols = np.concatenate([h.ravel() for h in arrays])
+    m = sum(len(h) for h in arrays)
+    M = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(m, n))
+    r = linprog(-np.ones(n), A_ub=M, b_ub=np.ones(m), bounds=(0, 1), method="highs")
+    if r.status != 0:
+        raise FxverifyError(f"the hypergraph LP was not solved: {r.message}")
+    y = np.maximum(-r.ineqlin.marginals, 0.0)
+    upper = math.fsum(y.tolist()) + math.fsum(np.maximum(0.0, 1.0 - M.T @ y).tolist())
+    return 1.0 - upper / n, 1.0 + r.fun / n

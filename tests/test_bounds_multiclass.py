@@ -14,8 +14,9 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from fxverify.bounds import (CE_GAP_TOL, ClassPairBudgets, ce_dual_value, ce_general, ce_lower_bound,
-                             ce_lower_bound_certified, ce_optimal_q_general, double_cover_matching, lower_bounds,
-                             lower_bounds_multiclass, max_matching, packing_optimal_q)
+                             ce_lower_bound_certified, ce_optimal_q_general, double_cover_matching,
+                             loss01_lower_hypergraph, lower_bounds, lower_bounds_multiclass, max_matching,
+                             packing_optimal_q)
 from fxverify.data import load_embedded, select_points
 from fxverify.errors import FxverifyError
 
@@ -276,3 +277,31 @@ def test_budgets_graph_matches_the_matrices():
 def test_multiclass_rejects_bad_input(pairs, labels, grid, match):
     with pytest.raises(FxverifyError, match=match):
         lower_bounds_multiclass(pairs, np.asarray(labels), grid)
+
+
+# ---- hyperedges ----------------------------------------------------------------------------------------
+def test_hypergraph_lp_without_triples_is_the_pairwise_bound():
+    for labels, edges in GRAPHS[:20]:
+        N = len(labels)
+        certified, primal = loss01_lower_hypergraph(N, [np.array(edges).reshape(-1, 2)])
+        exact = double_cover_matching(adjacency(N, edges)) / (2 * N)
+        assert certified <= primal + 1e-12
+        assert certified == pytest.approx(exact, abs=TOL) and primal == pytest.approx(exact, abs=TOL)
+
+
+def test_hyperedges_only_tighten():
+    """A triple sharing one perturbed point: q_u + q_v + q_w <= 1 lifts the triangle's 1/2 to 2/3,
+    what a deterministic classifier gets; on random hypergraphs the bound never decreases."""
+    certified, primal = loss01_lower_hypergraph(3, [np.array([[0, 1], [0, 2], [1, 2]]), np.array([[0, 1, 2]])])
+    assert certified == pytest.approx(2 / 3, abs=TOL) and primal == pytest.approx(2 / 3, abs=TOL)
+    rng = np.random.default_rng(9)
+    for labels, edges in GRAPHS[:20]:
+        N = len(labels)
+        triangles = [t for t in itertools.combinations(range(N), 3) if len(set(labels[list(t)])) == 3
+                     and all(p in edges for p in itertools.combinations(t, 2))]
+        chosen = [t for t in triangles if rng.uniform() < 0.5]
+        pairwise = loss01_lower_hypergraph(N, [np.array(edges).reshape(-1, 2)])[0]
+        with_triples = loss01_lower_hypergraph(N, [np.array(edges).reshape(-1, 2), np.array(chosen).reshape(-1, 3)])
+        assert with_triples[0] >= pairwise - 1e-9 and with_triples[0] <= with_triples[1] + 1e-12
+        # brute force over deterministic classifiers satisfies every hyperedge: the LP is below it
+        assert with_triples[1] <= 1 - brute_packing(N, edges, (0.0, 1.0)) / N + 1e-9
