@@ -101,6 +101,15 @@ def _closure(adj: sp.csr_matrix, a_idx: np.ndarray, b_idx: np.ndarray, wa: int, 
     return reach[: na + nb], (a_idx[F.row[on]], b_idx[F.col[on] - na], F.data[on].astype(np.int64))
 
 
+def _members(labels: np.ndarray, count: int) -> list[np.ndarray]:
+    """For each label 0..count-1 the ascending indices that carry it (np.flatnonzero(labels == c)
+    for every c, in one sort)."""
+    if count == 0:
+        return []
+    order = np.argsort(labels, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(labels, minlength=count))[:-1])
+
+
 def ce_blocks(adj: sp.csr_matrix) -> list[tuple[np.ndarray, np.ndarray]]:
     """The blocks of the cross-entropy optimum: lists of (class-a indices, class-b indices)."""
     return _ce_solve(adj, duals=False)[0]
@@ -120,7 +129,7 @@ def _ce_solve(adj: sp.csr_matrix, duals: bool):
     full = sp.bmat([[None, adj], [adj.T, None]], format="csr") if (na and nb) else sp.csr_matrix((na + nb,) * 2)
     ncomp, labels = connected_components(full, directed=False)
     blocks, edges = [], []
-    work = [(np.flatnonzero(labels[:na] == c), np.flatnonzero(labels[na:] == c)) for c in range(ncomp)]
+    work = list(zip(_members(labels[:na], ncomp), _members(labels[na:], ncomp)))
     while work:
         a_idx, b_idx = work.pop()
         p, q = len(a_idx), len(b_idx)
