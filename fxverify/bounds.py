@@ -40,7 +40,7 @@ points is one distribution over the K classes (soft or randomised classifiers in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -274,6 +274,8 @@ def ce_lower_bound_certified(adj: sp.csr_matrix, n: int | None = None) -> tuple[
 
 
 def _symmetric(adj: sp.spmatrix) -> sp.csr_matrix:
+    """The 0/1 adjacency of the undirected graph with an edge where ``adj`` has an entry in
+    either direction (the diagonal dropped: no point conflicts with itself)."""
     A = sp.csr_matrix(adj, dtype=np.int32)
     if A.shape[0] != A.shape[1]:
         raise FxverifyError(f"the adjacency matrix of a graph must be square, got shape {A.shape}")
@@ -369,18 +371,18 @@ def _check_grid(grid) -> list[float]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClassPairBudgets:
     """Per-pair budgets of N points of K classes: the finite budgets up to ``cap`` as an edge
     list sorted by budget (points numbered by their position in ``labels``)."""
 
-    labels: np.ndarray
+    labels: np.ndarray = field(repr=False)
     classes: tuple[int, ...]
-    u: np.ndarray
-    v: np.ndarray
-    eps: np.ndarray
+    u: np.ndarray = field(repr=False)
+    v: np.ndarray = field(repr=False)
+    eps: np.ndarray = field(repr=False)
     #: the two-class matrix (as given) when K = 2, for the bipartite path
-    pair: tuple[tuple[int, int], np.ndarray] | None = None
+    pair: tuple[tuple[int, int], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
