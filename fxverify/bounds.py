@@ -254,6 +254,21 @@ def _loads(size: int, idx: np.ndarray, lam: np.ndarray) -> np.ndarray:
     return np.bincount(idx, weights=lam, minlength=size) if len(idx) else np.zeros(size)
 
 
+def _ce_certified(adj: sp.csr_matrix):
+    """sum over the optimum's blocks of -sum log q (in ce_lower_bound's order: the same float) and
+    the multipliers of the final blocks as (row loads, column loads, sum of lambda)."""
+    na, nb = adj.shape
+    blocks, edges = _ce_solve(adj, duals=True)
+    total = 0.0
+    for a_idx, b_idx in blocks:
+        p, q = len(a_idx), len(b_idx)
+        total += _xlogx(p, p + q) + _xlogx(q, p + q)
+    rows = np.concatenate([e[0] for e in edges]) if edges else np.zeros(0, dtype=np.int64)
+    cols = np.concatenate([e[1] for e in edges]) if edges else np.zeros(0, dtype=np.int64)
+    lam = np.concatenate([e[2] for e in edges]) if edges else np.zeros(0)
+    return total, _loads(na, rows, lam), _loads(nb, cols, lam), math.fsum(lam.tolist())
+
+
 def ce_lower_bound_certified(adj: sp.csr_matrix, n: int | None = None) -> tuple[float, float]:
     """:func:`ce_lower_bound` of the bipartite graph (the same number) and the dual value of the
     multipliers the max flows give (:func:`ce_dual_value`)."""
@@ -261,16 +276,8 @@ def ce_lower_bound_certified(adj: sp.csr_matrix, n: int | None = None) -> tuple[
     n = n if n is not None else na + nb
     if n == 0:
         return 0.0, 0.0
-    blocks, edges = _ce_solve(adj, duals=True)
-    total = 0.0
-    for a_idx, b_idx in blocks:  # the order of ce_lower_bound: the same float
-        p, q = len(a_idx), len(b_idx)
-        total += _xlogx(p, p + q) + _xlogx(q, p + q)
-    rows = np.concatenate([e[0] for e in edges]) if edges else np.zeros(0, dtype=np.int64)
-    cols = np.concatenate([e[1] for e in edges]) if edges else np.zeros(0, dtype=np.int64)
-    lam = np.concatenate([e[2] for e in edges]) if edges else np.zeros(0)
-    load = np.concatenate([_loads(na, rows, lam), _loads(nb, cols, lam)])
-    return total / n, ce_dual_value(load, math.fsum(lam.tolist()), n)
+    total, row_load, col_load, lambda_sum = _ce_certified(adj)
+    return total / n, ce_dual_value(np.concatenate([row_load, col_load]), lambda_sum, n)
 
 
 def _symmetric(adj: sp.spmatrix) -> sp.csr_matrix:
@@ -336,18 +343,10 @@ def ce_general(adj: sp.spmatrix, n: int | None = None) -> tuple[float, float]:
     n = n if n is not None else N
     if n == 0:
         return 0.0, 0.0
-    blocks, edges = _ce_solve(A, duals=True)
-    total = 0.0
-    for a_idx, b_idx in blocks:
-        p, q = len(a_idx), len(b_idx)
-        total += _xlogx(p, p + q) + _xlogx(q, p + q)
-    rows = np.concatenate([e[0] for e in edges]) if edges else np.zeros(0, dtype=np.int64)
-    cols = np.concatenate([e[1] for e in edges]) if edges else np.zeros(0, dtype=np.int64)
-    lam = np.concatenate([e[2] for e in edges]) if edges else np.zeros(0)
+    total, left_load, right_load, lambda_sum = _ce_certified(A)
     # lambda_uv = (lambda'(u_L, v_R) + lambda'(v_L, u_R)) / 2: each cover edge adds half of its
     # multiplier to the load of both of its ends
-    load = (_loads(N, rows, lam) + _loads(N, cols, lam)) / 2.0
-    return total / (2 * n), ce_dual_value(load, math.fsum(lam.tolist()) / 2.0, n)
+    return total / (2 * n), ce_dual_value((left_load + right_load) / 2.0, lambda_sum / 2.0, n)
 
 
 def ce_optimal_q_general(adj: sp.spmatrix) -> np.ndarray:
