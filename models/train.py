@@ -11,6 +11,8 @@ Needs the ``[train]`` extra (torch==2.13.0; onnx and onnxruntime are core depend
     python models/train.py --data data/fashion-mnist --arch fcnn-regular --method trades --eps-train 2 \
         --out models/fcnn_fmnist_3v7_trades2
     python models/train.py --data data/mnist --arch cnn --epochs 3 --out models/cnn_mnist_3v7_benign
+    python models/train.py --data data/mnist --classes 0 1 2 3 4 5 6 7 8 9 --arch fcnn-regular \
+        --out models/fcnn_mnist_10class_benign
     python models/train.py --from-manifest models/fcnn_mnist_3v7_pgd2.json   # retrain from a manifest
 
 Training methods (``--method``):
@@ -26,8 +28,9 @@ Training methods (``--method``):
 Attacks during training run with the model in eval mode (batch-norm running statistics), the
 parameter update in train mode. Every setting that affects the weights is a flag recorded in the
 manifest (``command`` holds the exact command line), and training is deterministic for a given
-seed on the CPU (one thread). The ONNX file is written with onnx.helper from the trained weights
-(input ``x`` of shape [N, 1, 28, 28], pixels in [0, 1]; output ``logits`` [N, 2], class order =
+seed on the CPU (one thread). ``--classes`` names two or more classes (default 3 7); output k
+is class ``classes[k]``. The ONNX file is written with onnx.helper from the trained weights
+(input ``x`` of shape [N, 1, 28, 28], pixels in [0, 1]; output ``logits`` [N, K], class order =
 ``--classes``) and checked against the torch model with onnxruntime before it is written.
 """
 
@@ -51,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fxverify.data import load_idx_dir  # noqa: E402
 
 ARCHS = {
-    # name: hidden widths of a 784-...-2 ReLU network; "cnn" is the convolutional network below
+    # name: hidden widths of a 784-...-K ReLU network; "cnn" is the convolutional network below
     "fcnn-regular": (300, 200),
     "fcnn-small": (150, 100),
     "fcnn-smaller": (75, 50),
@@ -60,7 +63,7 @@ ARCHS = {
 }
 CNN_LAYERS = ["conv 20 5x5 (stride 1, no padding)", "batchnorm", "relu", "maxpool 2x2",
               "conv 50 5x5 (stride 1, no padding)", "batchnorm", "relu", "maxpool 2x2",
-              "flatten (800)", "linear 500", "relu", "linear 2"]
+              "flatten (800)", "linear 500", "relu"]  # then "linear K"
 EVAL_EPS = (0.5, 1.0, 2.0, 3.0)
 ORT_TOL = 1e-4
 
@@ -82,15 +85,17 @@ def make_cnn(n_out: int = 2) -> nn.Sequential:
         nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, n_out))
 
 
-def make_model(arch: str) -> nn.Sequential:
-    return make_cnn() if arch == "cnn" else make_fcnn(ARCHS[arch])
+def make_model(arch: str, n_out: int = 2) -> nn.Sequential:
+    return make_cnn(n_out) if arch == "cnn" else make_fcnn(ARCHS[arch], n_out=n_out)
 
 
-def two_class(data_dir: Path, split: str, classes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def select_classes(data_dir: Path, split: str, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``classes`` in file order, pixels / 255, labels 0..K-1 (classes[k] -> k)."""
     ds = load_idx_dir(data_dir, split)
     keep = np.flatnonzero(np.isin(ds.y, classes))
     X = ds.X[keep].reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
-    y = (ds.y[keep] == classes[1]).astype(np.int64)  # classes[0] -> 0, classes[1] -> 1
+    lookup = {c: k for k, c in enumerate(classes)}
+    y = np.array([lookup[int(c)] for c in ds.y[keep]], dtype=np.int64)
     return X, y
 
 
@@ -102,18 +107,21 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps
            loss: str = "ce") -> torch.Tensor:
     """ℓ2 PGD (used for evaluation here) from x, step 2.5 * eps / steps, pixels clipped to [0, 1].
 
-    ``loss="ce"`` ascends the cross-entropy; ``loss="margin"`` the logit margin (wrong minus right
-    class), which does not saturate in float32 on confidently classified points and so is the
-    stronger attack at large eps."""
+    ``loss="ce"`` ascends the cross-entropy; ``loss="margin"`` the logit margin (the largest wrong
+    class's logit minus the right class's), which does not saturate in float32 on confidently
+    classified points and so is the stronger attack at large eps."""
     alpha = 2.5 * eps / steps
-    sign = (2 * y - 1).to(x.dtype)  # +1 for class 1, -1 for class 0
+    sign = (2 * y - 1).to(x.dtype)  # two classes: +1 for class 1, -1 for class 0
     delta = torch.zeros_like(x, requires_grad=True)
     for _ in range(steps):
         z = model(x + delta)
         if loss == "ce":
             obj = nn.functional.cross_entropy(z, y)
-        else:
+        elif z.shape[1] == 2:  # the form the two-class manifests were computed with
             obj = (sign * (z[:, 0] - z[:, 1])).sum()
+        else:
+            right = nn.functional.one_hot(y, z.shape[1]).bool()
+            obj = (z.masked_fill(right, -torch.inf).amax(1) - z[right]).sum()
         (g,) = torch.autograd.grad(obj, delta)
         gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         d = delta.detach() + alpha * g / gn
@@ -180,10 +188,10 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, batch: int = 1000) 
                    "pgd_l2_accuracy_both counts points that survive both"}
 
 
-def _finish_model(nodes, inits, doc: str) -> onnx.ModelProto:
+def _finish_model(nodes, inits, doc: str, n_out: int) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "fxverify_model",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], inits)
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_out])], inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="fxverify-train",
                           doc_string=doc)
     m.ir_version = 8
@@ -210,7 +218,7 @@ def fcnn_onnx(model: nn.Sequential, doc: str) -> onnx.ModelProto:
             nodes.append(helper.make_node("Relu", [prev], [f"relu{k}"], name=f"relu{k}"))
             prev = f"relu{k}"
     nodes[-1].output[0] = "logits"
-    return _finish_model(nodes, inits, doc)
+    return _finish_model(nodes, inits, doc, model[-1].out_features)
 
 
 def cnn_onnx(model: nn.Sequential, doc: str) -> onnx.ModelProto:
@@ -257,7 +265,7 @@ def cnn_onnx(model: nn.Sequential, doc: str) -> onnx.ModelProto:
             raise ValueError(f"cannot export layer {layer}")
         prev = nodes[-1].output[0]
     nodes[-1].output[0] = "logits"
-    return _finish_model(nodes, inits, doc)
+    return _finish_model(nodes, inits, doc, model[-1].out_features)
 
 
 def check_onnx(m: onnx.ModelProto, model: nn.Module, X: np.ndarray) -> float:
@@ -293,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", type=Path, help="IDX directory with the full train and t10k files")
     ap.add_argument("--dataset", default=None,
                     help="name recorded in the manifest (default: the --data directory's name)")
-    ap.add_argument("--classes", type=int, nargs=2, default=(3, 7))
+    ap.add_argument("--classes", type=int, nargs="+", default=(3, 7),
+                    help="two or more classes, in output order (default 3 7)")
     ap.add_argument("--arch", choices=sorted(ARCHS), default="fcnn-regular")
     ap.add_argument("--method", choices=["benign", "pgd", "trades"], default="benign")
     ap.add_argument("--eps-train", type=float, default=None, help="ℓ2 radius for pgd / trades training")
@@ -345,15 +354,18 @@ def train(a: argparse.Namespace, command: str) -> Path:
     elif a.eps_train is None or a.eps_train <= 0:
         raise SystemExit(f"--method {a.method} needs --eps-train > 0")
     dataset = a.dataset or default_dataset_name(a.data)
+    if len(a.classes) < 2 or len(set(a.classes)) != len(a.classes):
+        raise SystemExit(f"--classes needs two or more different classes, got {a.classes}")
 
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     classes = tuple(a.classes)
-    Xtr, ytr = two_class(a.data, "train", classes)
-    Xte, yte = two_class(a.data, "test", classes)
-    model = make_model(a.arch)
+    K = len(classes)
+    Xtr, ytr = select_classes(a.data, "train", classes)
+    Xte, yte = select_classes(a.data, "test", classes)
+    model = make_model(a.arch, K)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     gen = torch.Generator().manual_seed(a.seed)
     adv = a.method != "benign"
@@ -362,7 +374,7 @@ def train(a: argparse.Namespace, command: str) -> Path:
         alpha = a.pgd_step_size if a.pgd_step_size is not None else 2.5 * eps / steps
         atk_gen = torch.Generator().manual_seed(a.seed + 1)  # random starts; separate from the shuffling
     kl = nn.KLDivLoss(reduction="sum")
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     for epoch in range(a.epochs):
         model.train()
         perm = torch.randperm(len(Xtr), generator=gen).numpy()
@@ -394,25 +406,26 @@ def train(a: argparse.Namespace, command: str) -> Path:
             total += float(loss.detach()) * len(idx)
         print(f"epoch {epoch + 1}/{a.epochs}: train loss {total / len(perm):.4f} ({time.time() - t0:.0f} s)",
               flush=True)
-    seconds = time.time() - t0
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
     model.eval()
 
     onnx_path = a.out.with_suffix(".onnx")
-    doc = f"{a.arch} {dataset} {classes[0]} vs {classes[1]}, {a.method}, seed {a.seed}"
+    what = f"{classes[0]} vs {classes[1]}" if K == 2 else "classes " + " ".join(map(str, classes))
+    doc = f"{a.arch} {dataset} {what}, {a.method}, seed {a.seed}"
     if adv:
-        doc = f"{a.arch} {dataset} {classes[0]} vs {classes[1]}, {a.method} eps {a.eps_train:g}, seed {a.seed}"
+        doc = f"{a.arch} {dataset} {what}, {a.method} eps {a.eps_train:g}, seed {a.seed}"
     m = cnn_onnx(model, doc) if a.arch == "cnn" else fcnn_onnx(model, doc)
     ort_diff = check_onnx(m, model, Xte)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path.write_bytes(m.SerializeToString())
     if a.arch == "cnn":
-        arch = {"name": a.arch, "layers": CNN_LAYERS, "activation": "relu",
+        arch = {"name": a.arch, "layers": [*CNN_LAYERS, f"linear {K}"], "activation": "relu",
                 "parameters": int(sum(p.numel() for p in model.parameters()))}
     else:
-        arch = {"name": a.arch, "layers": [784, *ARCHS[a.arch], 2], "activation": "relu"}
+        arch = {"name": a.arch, "layers": [784, *ARCHS[a.arch], K], "activation": "relu"}
     training = {"method": a.method, "eps_train": a.eps_train, "epochs": a.epochs, "batch_size": a.batch_size,
                 "optimizer": "Adam", "lr": a.lr, "seed": a.seed, "n_train": int(len(Xtr)),
-                "seconds": round(seconds, 1), "torch": torch.__version__}
+                "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "torch": torch.__version__}
     if adv:
         training["attack"] = {
             "norm": "l2", "steps": steps, "step_size": alpha, "eps": eps,
@@ -429,7 +442,7 @@ def train(a: argparse.Namespace, command: str) -> Path:
         "architecture": arch,
         "dataset": dataset,
         "classes": list(classes),
-        "label_order": f"output 0 = class {classes[0]}, output 1 = class {classes[1]}",
+        "label_order": ", ".join(f"output {k} = class {c}" for k, c in enumerate(classes)),
         "input": {"name": "x", "shape": ["N", 1, 28, 28], "pixels": "[0, 1] (raw / 255)"},
         "training": training,
         "test": evaluate(model, Xte, yte, batch=100 if a.arch == "cnn" else 1000),  # 100: faster for the CNN

@@ -24,12 +24,15 @@ declare -A CMD=(
   [cnn_mnist_3v7_benign]="--data data/mnist --arch cnn --epochs 3"
   [cnn_mnist_3v7_pgd2]="--data data/mnist --arch cnn --method pgd --eps-train 2 --epochs 3"
   [cnn_mnist_3v7_trades2]="--data data/mnist --arch cnn --method trades --eps-train 2 --epochs 3"
+  [fcnn_mnist_10class_benign]="--data data/mnist --classes 0 1 2 3 4 5 6 7 8 9 --arch fcnn-regular --epochs 10"
+  [fcnn_mnist_10class_pgd2]="--data data/mnist --classes 0 1 2 3 4 5 6 7 8 9 --arch fcnn-regular --method pgd --eps-train 2 --epochs 10"
 )
 ORDER=(fcnn_mnist_3v7_benign fcnn_tiny_mnist_3v7_benign fcnn_fmnist_3v7_benign
        fcnn_mnist_3v7_pgd1 fcnn_mnist_3v7_pgd2 fcnn_mnist_3v7_pgd3 fcnn_mnist_3v7_trades2
        fcnn_fmnist_3v7_pgd1 fcnn_fmnist_3v7_pgd2 fcnn_fmnist_3v7_pgd3 fcnn_fmnist_3v7_trades2
        fcnn_small_mnist_3v7_benign fcnn_small_mnist_3v7_pgd2 fcnn_smaller_mnist_3v7_benign fcnn_smaller_mnist_3v7_pgd2
-       cnn_mnist_3v7_benign cnn_mnist_3v7_pgd2 cnn_mnist_3v7_trades2)
+       cnn_mnist_3v7_benign cnn_mnist_3v7_pgd2 cnn_mnist_3v7_trades2
+       fcnn_mnist_10class_benign fcnn_mnist_10class_pgd2)
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
 for n in "${names[@]}"; do
