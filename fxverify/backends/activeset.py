@@ -91,6 +91,43 @@ class _LeastNorm:
         # other point's zero half
         self._half = (not self.sparse) and C.shape[0] > 0 and bool(
             np.all((C[:, :r] == 0).all(axis=1) | (C[:, r:] == 0).all(axis=1)))
+        self.proj = self._mirrored_equalities()
+
+    def _mirrored_equalities(self) -> bool:
+        """Equalities  Q (x_u - x_v) = b  with orthonormal rows sqrt(2) Q (a cut right after the
+        first linear map: both points' features are the same rows of it). Their Gram matrix in
+        the weighted space is then a multiple of I, so they are kept out of the working set: every
+        row and step is projected onto their null space instead (the working set holds the sign
+        rows only, often a tenth of its size with the equalities)."""
+        r, q = self.r, self.n_eq
+        if q < max(8, r // 4):
+            return False
+        Au = self.A[:, :r]
+        if not np.array_equal(self.A[:, r:], -Au):
+            return False
+        G = Au @ Au.T
+        G[np.diag_indices(q)] -= 0.5
+        return float(np.max(np.abs(G))) <= 1e-10
+
+    def _projector(self, sc):
+        """(project, y0): the projection onto the null space of the weighted equalities and the
+        least-norm point satisfying them (mirrored equalities only)."""
+        r = self.r
+        su, sv = float(sc[0]), float(sc[-1])
+        alpha = (su * su + sv * sv) / 2.0
+        Au = self.A[:, :r]
+
+        def eq(y):  # A_y y (y: a vector, or rows)
+            return (su * y[..., :r] - sv * y[..., r:]) @ Au.T
+
+        def eqT(c):  # A_y' c (c: a vector, or rows)
+            t = c @ Au
+            return np.concatenate([su * t, -sv * t], axis=-1)
+
+        def project(y):
+            return y - eqT(eq(y)) / alpha
+
+        return project, eqT(self.b) / alpha, eq, alpha
 
     def _rows(self, idx):
         """Rows (in x) and right-hand sides of working-set entries."""
@@ -143,12 +180,53 @@ class _LeastNorm:
     def solve(self, w: float, start: list[int]):
         r = self.r
         sc = self._scale(w)
+        if self.proj:
+            return self._solve_projected(w, sc, start)
         W = [-1 - k for k in range(self.n_eq)] + [i for i in start if i >= 0]
         try:
             W, N, L, pi = self._start(W, sc)
         except np.linalg.LinAlgError:  # a warm-start row depends on the others: start afresh
             W, N, L, pi = self._start([-1 - k for k in range(self.n_eq)], sc)
         y = -N.T @ pi if W else np.zeros(2 * r)
+        return self._iterate(W, N, L, pi, y, sc)
+
+    def _solve_projected(self, w: float, sc, start: list[int]):
+        """``solve`` with mirrored equalities kept out of the working set: the rows are projected
+        onto their null space and the iterate starts at their least-norm solution y0."""
+        project, y0, eq, alpha = self._projector(sc)
+        W = [i for i in start if i >= 0]
+        while True:
+            if not W:
+                N, L, pi = np.zeros((0, 2 * self.r)), np.zeros((0, 0)), np.zeros(0)
+                break
+            Ny, e = self._rows(W)
+            Ny *= sc
+            N = project(Ny)
+            G = N @ N.T
+            try:
+                L = scipy.linalg.cholesky(G, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                keep = _independent_subset(W, G)
+                W = [] if keep is None or len(keep) == len(W) else keep
+                continue
+            pi = -scipy.linalg.cho_solve((L, True), e - Ny @ y0, check_finite=False)
+            neg = pi < 0
+            if not neg.any():
+                break
+            W = [i for k, i in enumerate(W) if not neg[k]]
+        y = y0 - N.T @ pi if W else y0.copy()
+        x, W, pi = self._iterate(W, N, L, pi, y, sc, project)
+        # the equalities' multipliers: y + N_y' pi + A_y' pi_e = 0 at the optimum
+        y = x / sc
+        Ny = self._rows(W)[0] * sc if W else np.zeros((0, 2 * self.r))
+        pi_e = -eq(y + Ny.T @ pi) / alpha
+        return x, [-1 - k for k in range(self.n_eq)] + list(W), np.concatenate([pi_e, pi])
+
+    def _iterate(self, W, N, L, pi, y, sc, project=None):
+        """The dual active-set iterations from a working set W (rows N in the weighted space,
+        their Gram factor L, multipliers pi) at the point y. ``project``: the rows' projection
+        onto the null space of equalities kept out of W (mirrored equalities)."""
+        r = self.r
         inW = np.zeros(len(self.h), dtype=bool)
         inW[[i for i in W if i >= 0]] = True
         # working rows and Cholesky factor in buffers that grow by doubling (no copy per step)
@@ -175,6 +253,9 @@ class _LeastNorm:
             else:
                 ap = self.C[p] * sc
                 nz = np.flatnonzero(ap) if self._half else None
+            a_true = ap  # the row itself (its slack); ap: the direction it constrains
+            if project is not None:
+                ap, nz = project(ap), None
             piP = 0.0
             while True:  # move along constraint p until it is satisfied (full step) or a drop
                 N, L = Nb[:k], Lb[:k, :k]
@@ -186,7 +267,7 @@ class _LeastNorm:
                     rr = np.zeros(0)
                     z = ap
                 zz = float(z @ z)
-                slack = float(ap @ y - self.h[p])
+                slack = float(a_true @ y - self.h[p])
                 t1 = slack / zz if zz > 1e-14 * float(ap @ ap) else math.inf
                 t2, drop = math.inf, -1
                 if k:
@@ -239,9 +320,13 @@ class _LeastNorm:
 
     def fixed_set_root(self, W: list[int], w0: float):
         """With the working set W held fixed (as equalities), the weight where both norms are
-        equal, and the point and multipliers there; None when there is no such weight."""
+        equal, and the point and multipliers there; None when there is no such weight (and for
+        mirrored equalities, whose working sets leave them out: the caller then searches the
+        weight with full solves, each warm-started)."""
         if not W:
             return None
+        if self.proj:
+            return self._fixed_set_root_mirrored(W, w0)
         r = self.r
         Nx, e = self._rows(W)
         Ku, Kv = Nx[:, :r] @ Nx[:, :r].T, Nx[:, r:] @ Nx[:, r:].T
@@ -277,6 +362,69 @@ class _LeastNorm:
             # a sign change of the computed phi that is not a root (rounding blown up at an
             # extreme weight, w or 1 - w ~ 1e-8): not the fixed-set optimum. The caller then
             # searches the weight with full solves
+            return None
+        return w, x, lm
+
+    def _fixed_set_root_mirrored(self, W: list[int], w0: float):
+        """fixed_set_root when W holds every mirrored equality (first) and sign rows: the
+        equalities' block of Ku and Kv is I / 2, so M(w) is solved through the Schur complement
+        of that block (|W| = q + k costs q k^2 + k^3, not (q + k)^3)."""
+        r, q = self.r, self.n_eq
+        Wi = [i for i in W if i >= 0]
+        if list(W[:q]) != [-1 - k for k in range(q)] or len(W) != q + len(Wi):
+            return None
+        Au = self.A[:, :r]
+        if Wi:
+            Ni, ei = self._rows(Wi)
+        else:
+            Ni, ei = np.zeros((0, 2 * r)), np.zeros(0)
+        ee = self.b
+        Nu, Nv = Ni[:, :r], Ni[:, r:]
+        Bu, Bv = Au @ Nu.T, -(Au @ Nv.T)  # cross blocks (q x k)
+        Uii, Vii = Nu @ Nu.T, Nv @ Nv.T
+
+        def Kmul(lam, which):
+            le, li = lam[:q], lam[q:]
+            B, Kii = (Bu, Uii) if which == "u" else (Bv, Vii)
+            return np.concatenate([le / 2 + B @ li, B.T @ le + Kii @ li])
+
+        e = np.concatenate([ee, ei])
+
+        def factor(w):
+            iw, iv = 1.0 / w, 1.0 / (1.0 - w)
+            me = (iw + iv) / 2
+            B = Bu * iw + Bv * iv
+            S = Uii * iw + Vii * iv - (B.T @ B) / me
+            cf = scipy.linalg.cho_factor(S, lower=True, check_finite=False) if S.size else None
+
+            def solve(rhs):
+                re, ri = rhs[:q], rhs[q:]
+                li = scipy.linalg.cho_solve(cf, ri - B.T @ re / me, check_finite=False) if cf else np.zeros(0)
+                return np.concatenate([(re - B @ li) / me, li])
+            return solve
+
+        def phi(w):
+            iw, iv = 1.0 / w, 1.0 / (1.0 - w)
+            solve = factor(w)
+            lam = -solve(e)
+            ku, kv = Kmul(lam, "u"), Kmul(lam, "v")
+            a, b = float(lam @ ku), float(lam @ kv)
+            qv = kv * iv * iv - ku * iw * iw
+            d = 2 * float(qv @ solve(qv)) - 2 * a * iw ** 3 - 2 * b * iv ** 3
+            return a * iw * iw - b * iv * iv, d, lam, a * iw * iw + b * iv * iv
+
+        try:
+            w = _newton_root(phi, w0)
+            if w is None:
+                return None
+            lm = phi(w)[2]
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+        le, li = lm[:q], lm[q:]
+        tu = le @ Au
+        x = np.concatenate([-(tu + Nu.T @ li) / w, -(-tu + Nv.T @ li) / (1 - w)])
+        nu, nv = float(x[:r] @ x[:r]), float(x[r:] @ x[r:])
+        if not abs(nu - nv) <= BALANCE_TOL * (nu + nv):
             return None
         return w, x, lm
 
