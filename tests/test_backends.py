@@ -103,6 +103,39 @@ def test_activeset_refuses_other_problem_shapes_and_reports_infeasible():
     assert b.solve_cone(p, SolverOptions()).termination is Termination.INFEASIBLE
 
 
+def _implied_row_problem(violation: float) -> MinMaxNormProblem:
+    """Equalities A x = b and, among sign rows, one that is a combination of the equality rows
+    whose right-hand side sits ``violation`` (per unit row norm) below what they imply: the
+    shape of a descent LP whose pattern row the equal-features rows fix (FCNN pair (3, 3) at
+    linear2)."""
+    rng = np.random.default_rng(3)
+    r, m = 12, 5
+    A = rng.standard_normal((m, 2 * r))
+    b = rng.standard_normal(m) * 0.1
+    row = rng.standard_normal(m) @ A
+    implied = float(row @ np.linalg.lstsq(A, b, rcond=None)[0])  # row . x on every x with A x = b
+    loose = rng.standard_normal((6, 2 * r)) * 0.01  # far from tight
+    C = np.vstack([loose, row])
+    h = np.concatenate([np.ones(6), [implied - violation * np.linalg.norm(row)]])
+    return MinMaxNormProblem(C=C, h=h, A=A, b=b)
+
+
+def test_activeset_leaves_out_a_row_the_equalities_imply_up_to_rounding():
+    """A sign row that the equalities fix, violated by rounding (5e-10 of its norm), is not a
+    proof of infeasibility: the active set solved no such LP and its cvxopt fallback hit its
+    iteration limit, a failed pair in the README's main job."""
+    b = get_backend("activeset")
+    near = _implied_row_problem(5e-10)  # above the active set's 1e-10 tolerance
+    sol = b.solve_min_max_norm(near, SolverOptions())
+    assert sol.ok, sol.message
+    ref = get_backend("cvxopt").solve_min_max_norm(
+        MinMaxNormProblem(C=near.C[:-1], h=near.h[:-1], A=near.A, b=near.b), SolverOptions())
+    assert ref.ok and sol.objective == pytest.approx(ref.objective, rel=1e-7)
+    # a real contradiction is still one
+    far = _implied_row_problem(1e-3)
+    assert b.solve_min_max_norm(far, SolverOptions()).termination is Termination.INFEASIBLE
+
+
 def test_every_builtin_backend_declares_itself():
     for name, cls in backend_classes().items():
         b = cls()

@@ -137,6 +137,7 @@ class _LeastNorm:
         y = -N.T @ pi if W else np.zeros(2 * r)
         inW = np.zeros(len(self.h), dtype=bool)
         inW[[i for i in W if i >= 0]] = True
+        implied = np.zeros(len(self.h), dtype=bool)  # rows the working set implies (see below)
         # working rows and Cholesky factor in buffers that grow by doubling (no copy per step)
         k = len(W)
         cap = max(16, 2 * k)
@@ -148,7 +149,7 @@ class _LeastNorm:
         isineq[:k] = np.asarray(W) >= 0
         for _ in range(10 * (len(self.h) + 10)):
             s = (self.C @ (y * sc) - self.h) / self.Cn
-            s[inW] = -np.inf
+            s[inW | implied] = -np.inf
             p = int(np.argmax(s)) if s.size else -1
             if p < 0 or s[p] <= self.tol:
                 return y * sc, W, pi
@@ -173,6 +174,14 @@ class _LeastNorm:
                         q = pi[cand] / rr[cand]
                         j = int(np.argmin(q))
                         t2, drop = float(q[j]), int(cand[j])
+                if math.isinf(t1) and piP == 0.0 and s[p] <= ACCURACY * max(1.0, float(np.linalg.norm(y * sc))):
+                    # p is (numerically) a combination of the working rows and its violation
+                    # is rounding in what they imply (a pattern row the equalities fix): it
+                    # holds to the accuracy every returned point is held to. Dropping other
+                    # rows to satisfy it (with multipliers ~ violation / |z|) or declaring
+                    # the constraints inconsistent would act on rounding: leave it out
+                    implied[p] = True
+                    break
                 if math.isinf(t1) and math.isinf(t2):
                     raise _Infeasible()
                 step = min(t1, t2)
