@@ -6,7 +6,7 @@ The documented API: :func:`load_model` (ONNX -> graph IR), :func:`collide` (one 
 (the main job, as ``fxverify bound``).
 """
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: E402,F401
 
 from .errors import FxverifyError  # noqa: E402
 from .ir import Network  # noqa: E402
