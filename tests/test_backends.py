@@ -136,6 +136,25 @@ def test_activeset_leaves_out_a_row_the_equalities_imply_up_to_rounding():
     assert b.solve_min_max_norm(far, SolverOptions()).termination is Termination.INFEASIBLE
 
 
+def test_activeset_drops_equality_rows_that_depend_on_the_others():
+    """Equality rows whose Gram matrix is singular to rounding (a rank test upstream kept a
+    dependent row): consistent ones are dropped and the LP solved, inconsistent ones are
+    infeasible (the FCNN pair (3, 3) at linear2 had 200 rows of rank 199)."""
+    rng = np.random.default_rng(4)
+    r = 6
+    A = rng.standard_normal((3, 2 * r))
+    A = np.vstack([A, A[0] + A[1]])  # the fourth row is the sum of the first two
+    b = rng.standard_normal(3)
+    C, h = rng.standard_normal((4, 2 * r)) * 0.01, np.ones(4)
+    ok = MinMaxNormProblem(C=C, h=h, A=A, b=np.concatenate([b, [b[0] + b[1]]]))
+    sol = get_backend("activeset").solve_min_max_norm(ok, SolverOptions())
+    ref = get_backend("cvxopt").solve_min_max_norm(MinMaxNormProblem(C=C, h=h, A=A[:3], b=b), SolverOptions())
+    assert sol.ok, sol.message
+    assert ref.ok and sol.objective == pytest.approx(ref.objective, rel=1e-7)
+    bad = MinMaxNormProblem(C=C, h=h, A=A, b=np.concatenate([b, [b[0] + b[1] + 0.1]]))
+    assert get_backend("activeset").solve_min_max_norm(bad, SolverOptions()).termination is Termination.INFEASIBLE
+
+
 def test_every_builtin_backend_declares_itself():
     for name, cls in backend_classes().items():
         b = cls()

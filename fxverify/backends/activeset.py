@@ -86,7 +86,26 @@ class _LeastNorm:
                    else np.sqrt(np.einsum("ij,ij->i", C, C)))
         self.Cn[self.Cn == 0] = 1.0
         self.n_eq = A.shape[0]
+        self.eq_rows = np.arange(self.n_eq)  # the equality rows in use (see _reduce_equalities)
         self._gram = None  # (working set, Ku, Kv) of the last fixed-set root
+
+    def _equalities(self) -> list[int]:
+        return [-1 - int(k) for k in self.eq_rows]
+
+    def _reduce_equalities(self) -> None:
+        """Keep a numerically independent subset of the equality rows (pivoted QR), once: the
+        caller's rank test can pass rows that depend on each other to rounding (their Gram
+        matrix is then not positive definite). Dependent rows that the kept ones do not imply
+        make the constraints inconsistent."""
+        if self.eq_rows.size < self.n_eq or not self.n_eq:
+            raise np.linalg.LinAlgError("the equality rows depend on each other")
+        _, R, piv = scipy.linalg.qr(self.A.T, mode="economic", pivoting=True, check_finite=False)
+        d = np.abs(np.diag(R))
+        keep = np.sort(piv[:int(np.sum(d > EQ_RANK_TOL * d[0]))])
+        x = np.linalg.lstsq(self.A[keep], self.b[keep], rcond=None)[0]
+        if np.max(np.abs(self.A @ x - self.b)) > ACCURACY * max(1.0, float(np.abs(self.b).max())):
+            raise _Infeasible()
+        self.eq_rows = keep
 
     def _rows(self, idx):
         """Rows (in x) and right-hand sides of working-set entries."""
@@ -129,11 +148,15 @@ class _LeastNorm:
     def solve(self, w: float, start: list[int]):
         r = self.r
         sc = self._scale(w)
-        W = [-1 - k for k in range(self.n_eq)] + [i for i in start if i >= 0]
+        W = self._equalities() + [i for i in start if i >= 0]
         try:
             W, N, L, pi = self._start(W, sc)
         except np.linalg.LinAlgError:  # a warm-start row depends on the others: start afresh
-            W, N, L, pi = self._start([-1 - k for k in range(self.n_eq)], sc)
+            try:
+                W, N, L, pi = self._start(self._equalities(), sc)
+            except np.linalg.LinAlgError:  # equality rows that depend on each other
+                self._reduce_equalities()
+                W, N, L, pi = self._start(self._equalities(), sc)
         y = -N.T @ pi if W else np.zeros(2 * r)
         inW = np.zeros(len(self.h), dtype=bool)
         inW[[i for i in W if i >= 0]] = True
@@ -312,6 +335,9 @@ ACCURACY = 1e-9
 
 #: a fixed-set root must balance the squared norms to this relative accuracy
 BALANCE_TOL = 1e-8
+
+#: equality rows whose pivoted-QR pivot is below this (relative) depend on the others
+EQ_RANK_TOL = 1e-10
 
 
 def _newton_root(phi, w0, max_steps=100):
