@@ -145,16 +145,7 @@ class Collider:
                 # descent here cannot change an edge
                 return self._verified(cut, u, v, usable.u_adv, usable.v_adv, self.method, t0,
                                       note=f"kept the collision found at {usable.cut} (below the grid)")
-            d = self._descent(cut)
-            mid = (u + v) / 2.0
-            chained = [(usable.u_adv, usable.v_adv)] if usable is not None else []
-            if self.method == "faithful":
-                starts = [(mid, mid)]
-            elif self.engine.start == "shallower":
-                starts = chained + [(mid, mid)]  # the second start only if the first fails
-            else:
-                starts = [(mid, mid)] + chained
-            out = d.run(u, v, starts, stop, deadline=deadline)
+            out = self._descent(cut).run(u, v, self._starts(u, v, usable), stop, deadline=deadline)
         except np.linalg.LinAlgError as err:  # numerical trouble in the set-up of one pair
             return self._failed(cut, t0, f"linear algebra failed: {err}")
         if out.timed_out:
@@ -163,6 +154,20 @@ class Collider:
             # a solver failure is a failure of the pair at this cut, counted as such; its
             # shallower collisions still count as edges here (bounds take the minimum over them)
             return self._failed(cut, t0, out.message, out.lp_solves)
+        return self._descended(cut, u, v, out, usable, t0)
+
+    def _starts(self, u, v, usable: Collision | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The descent's starts: the midpoint, and the collision of a determining cut (first
+        with profile ``start: shallower``; a later start only runs if the first fails)."""
+        mid = (u + v) / 2.0
+        chained = [(usable.u_adv, usable.v_adv)] if usable is not None else []
+        if self.method == "faithful":
+            return [(mid, mid)]
+        return chained + [(mid, mid)] if self.engine.start == "shallower" else [(mid, mid)] + chained
+
+    def _descended(self, cut, u, v, out, usable: Collision | None, t0) -> Collision:
+        """The verified result of a descent that ended (or the determining cut's collision,
+        kept when it is better)."""
         result = None
         if out.found:
             result = self._verified(cut, u, v, out.u_adv, out.v_adv, self.method, t0, out.lp_solves, out.objective,
