@@ -23,7 +23,21 @@ from .pipeline import Progress, compute_distances, run_settings
 from .profiles import SolverProfile
 from .results import Analysis, CutBounds, Distances
 
-__all__ = ["Analysis", "CutBounds", "analyze", "bound", "bounds_from_distances", "default_out", "load_inputs"]
+__all__ = ["Analysis", "CutBounds", "analyze", "bound", "bounds_from_distances", "default_out", "load_inputs",
+           "run_deadline"]
+
+
+#: seconds a budget-limited run keeps for its bounds, plots and witnesses (at most a tenth of
+#: the budget): its computation stops that much earlier, so that the run ends at the budget
+FINISH_RESERVE = 2.0
+
+
+def run_deadline(started: float, budget: float | None) -> float | None:
+    """The :func:`time.monotonic` time at which a run that began at ``started`` with a time
+    budget of ``budget`` seconds stops computing (None: no budget)."""
+    if budget is None:
+        return None
+    return started + budget - min(FINISH_RESERVE, 0.1 * budget)
 
 
 def bounds_from_distances(d: Distances, grid, net: Network | None = None) -> tuple[list[CutBounds], dict]:
@@ -126,7 +140,8 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     its local optimum (default: a descent stops when it cannot cross a budget of the grid);
     ``select_pairs``: skip pairs that by the measured ratios cannot change a bound (off by
     default); ``witnesses``: store and export every collision's points (``witnesses.npz``);
-    ``time_budget``: seconds, counted from this call (hard); ``out`` the result directory
+    ``time_budget``: seconds, counted from this call (hard: the computation stops early enough
+    to write the results by then); ``out`` the result directory
     (default ``out/MODEL__SPEC``). ``write``: also write results.json, results.csv, the plots
     and the witnesses. Call it under ``if __name__ == "__main__":`` in scripts (the local
     executor spawns workers).
@@ -148,7 +163,7 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     ex = make_executor(executor, jobs=jobs, address=address)
     net, points = load_inputs(model, run)
     out_dir = Path(out) if out is not None else default_out(net.source.path, run.spec)
-    deadline = None if run.time_budget is None else started + run.time_budget
+    deadline = run_deadline(started, run.time_budget)
     a = analyze(net, run, points, out_dir=out_dir, progress=progress, executor=ex, deadline=deadline,
                 witnesses=witnesses)
     if write:

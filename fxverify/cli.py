@@ -118,6 +118,21 @@ def user_errors(fn=None, *, stores: bool = False):
     return wrapper
 
 
+def _process_start() -> float:
+    """When this process started, as a :func:`time.monotonic` time (a time budget counts the
+    interpreter's start and imports too); now when /proc cannot tell."""
+    now = time.monotonic()
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if 0.0 <= age < 3600.0 else now
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"fxverify {__version__}")
@@ -461,7 +476,7 @@ def collide(model: ModelArg, spec: SpecOpt,
     from .errors import SpecError
     from .profiles import METHODS, load_profile
 
-    started = time.monotonic()
+    started = _process_start()
     if method is not None and method not in METHODS:
         raise SpecError(f"--method {method!r} is not a collision method; methods: {', '.join(METHODS)}")
     chosen = solver
@@ -709,18 +724,18 @@ def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: Solver
               cuts: CutsOpt = None, classes: ClassesOpt = None, norm: NormOpt = None,
               witnesses: WitnessesOpt = "all") -> None:
     """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
-    from .analysis import export_witnesses
+    from .analysis import export_witnesses, run_deadline
     from .executors import make_executor
     from .pipeline import compute_distances
 
-    started = time.monotonic()
+    started = _process_start()
     keep = _witnesses(witnesses)
     run = _resolve(spec, solver, solver_option, n=n, cuts=cuts, classes=classes, norm=norm,
                    time_budget=time_budget, order=order, exhaustive=True)
     net, points = _prepare(model, run)
     ex = make_executor(executor, jobs=jobs, address=address)
     out = out or _default_out(model, spec)
-    deadline = None if run.time_budget is None else started + run.time_budget
+    deadline = run_deadline(started, run.time_budget)
     with _progress() as report:
         d = compute_distances(net, points, run.spec.resolve_cuts(net), run.engine, out, progress=report,
                               deadline=deadline, info={"spec": run.spec.to_dict()}, executor=ex, order=run.order,
@@ -779,18 +794,18 @@ def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt 
           norm: NormOpt = None, exhaustive: ExhaustiveOpt = False, select_pairs: SelectOpt = False,
           witnesses: WitnessesOpt = "all") -> None:
     """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
-    from .analysis import analyze, export_witnesses
+    from .analysis import analyze, export_witnesses, run_deadline
     from .executors import make_executor
     from .report import write_results
 
-    started = time.monotonic()
+    started = _process_start()
     keep = _witnesses(witnesses)
     run = _resolve(spec, solver, solver_option, n=n, eps=eps, cuts=cuts, classes=classes, norm=norm,
                    time_budget=time_budget, order=order, exhaustive=exhaustive, select_pairs=select_pairs)
     net, points = _prepare(model, run)
     ex = make_executor(executor, jobs=jobs, address=address)
     out = out or _default_out(model, spec)
-    deadline = None if run.time_budget is None else started + run.time_budget
+    deadline = run_deadline(started, run.time_budget)
     with _progress() as report:
         a = analyze(net, run, points, out_dir=out, progress=report, executor=ex, deadline=deadline, witnesses=keep)
     info = export_witnesses(net, run, points, out) if keep else None

@@ -51,7 +51,7 @@ from .errors import FxverifyError
 from .results import CollisionStatus, PairRow
 
 #: seconds a task may run past the deadline to return the cuts it finished before it is abandoned
-GRACE = 2.0
+GRACE = 1.0
 
 
 class ExecutorError(FxverifyError):
