@@ -306,7 +306,7 @@ class ResultStore:
         except (KeyError, ValueError, TypeError):
             stored = None
         diff = settings.differences(stored) if settings is not None and stored is not None else ""
-        raise StoreError(f"{self.dir} holds results for other settings"
+        raise StoreError(f"{self.dir} holds results for different settings"
                          + (f" ({diff})" if diff else " (a different model, data or solver profile)")
                          + "; use another --out directory")
 

@@ -71,7 +71,7 @@ def test_store_refuses_results_of_another_run(setup, tmp_path):
     net, pts, prof = setup
     compute_distances(net, pts, ("input",), prof, tmp_path)
     other = select_points(load_embedded("mnist"), (3, 7), 5)
-    with pytest.raises(StoreError, match=r"holds results for other settings \(the data points \(spec data, classes, "
+    with pytest.raises(StoreError, match=r"holds results for different settings \(the data points \(spec data, classes, "
                                          r"n, selection\): stored 4 \+ 4 points, sha256 \w+, this run 5 \+ 5 points"):
         compute_distances(net, other, ("input",), prof, tmp_path)
     (tmp_path / "x").mkdir()

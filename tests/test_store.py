@@ -296,7 +296,7 @@ def test_a_store_without_its_meta_rows_refuses_another_models_run(cli_run):
 ])
 def test_reusing_out_with_another_setting_names_it_with_both_values(cli_run, extra, named):
     cmd, out = cli_run
-    _one_error(_fx(*cmd, *extra), "holds results for other settings", named)
+    _one_error(_fx(*cmd, *extra), "holds results for different settings", named)
 
 
 def test_a_full_disk_says_nothing_stored_was_lost_and_rerunning_resumes(cli_run, tmp_path):
