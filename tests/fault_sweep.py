@@ -560,7 +560,8 @@ def _long_run_args(name: str, jobs: int, command: str = "bound") -> tuple[list, 
 
 def run_signal(sig: int, name: str, jobs: int = 2) -> Callable[[Case], Result]:
     """Start a bound, wait until pairs are stored, send ``sig`` to the CLI process; then check
-    the store (integrity, a cut only after the cut it starts from), that no worker outlived it, and no results.json."""
+    the store (integrity, a cut only after the cut it starts from), that no worker outlived it,
+    and no results.json."""
 
     def runner(case: Case) -> Result:
         args, out = _long_run_args(name, jobs)
