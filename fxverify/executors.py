@@ -66,6 +66,9 @@ class RunJob:
     X_b: np.ndarray = field(repr=False)
     grid: tuple[float, ...] | None = None  # budgets a descent may stop at (None: exhaustive)
     key: str = field(default_factory=lambda: secrets.token_hex(8))  # identifies the job in worker caches
+    #: the run's cut plans as far as the run has prepared them (row spaces: SVDs of the first
+    #: linear map), so that no worker computes them again
+    plans: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class _Worker:
         from .collision import Collider
 
         self.job = job
-        self.collider = Collider(job.net, job.engine)
+        self.collider = Collider(job.net, job.engine, plans=job.plans)
 
     def run(self, task: PairTask, wall_deadline: float | None = None) -> TaskResult:
         """Rows of the task's cuts that finished (a cut still running at the deadline, and the

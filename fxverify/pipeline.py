@@ -430,7 +430,7 @@ def _paired(ctx: _Context, store: ResultStore, executor, deadline: float | None,
         return
     if executor is None:
         executor = make_executor("local")
-    job = RunJob(collider.net, ctx.engine, points.X_a, points.X_b, ctx.grid)
+    job = RunJob(collider.net, ctx.engine, points.X_a, points.X_b, ctx.grid, plans=collider.plans)
     _run_tasks(source, executor, job, store, deadline, witnesses, progress)
 
 

@@ -42,7 +42,9 @@ __all__ = ["Collider", "collide", "Collision", "CollisionStatus"]
 class Collider:
     """Finds and verifies collisions for one network with one resolved engine."""
 
-    def __init__(self, net: Network, engine) -> None:
+    def __init__(self, net: Network, engine, plans: dict[str, CutPlan] | None = None) -> None:
+        """``plans``: cut plans already prepared for ``net`` and this engine's norm and domain
+        (another collider's, e.g. a run's, sent to its workers): taken as they are."""
         from ..config import Engine
 
         if not isinstance(engine, Engine):
@@ -51,13 +53,20 @@ class Collider:
         self.engine = engine
         self.method = self.engine.method
         self.verifier = Verifier(net, self.engine.norm, self.engine.domain)
-        self._plans: dict[str, CutPlan] = {}
+        self._plans: dict[str, CutPlan] = {c: p for c, p in (plans or {}).items()
+                                           if p.net is net and p.norm == engine.norm and p.domain == engine.domain}
         self._descents: dict[str, PatternDescent] = {}
         self._helper: Collider | None = None  # the exact method's descent
 
     @property
     def profile(self):
         return self.engine.profile
+
+    @property
+    def plans(self) -> dict[str, CutPlan]:
+        """The cut plans prepared so far (with their row spaces), for another collider of the
+        same network and engine (``Collider(net, engine, plans=...)``)."""
+        return dict(self._plans)
 
     def plan(self, cut: str) -> CutPlan:
         if cut not in self._plans:
