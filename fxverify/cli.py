@@ -863,6 +863,8 @@ def _print_failures(per_cut, con) -> None:
 def _distances_npz(out: Path, d, points) -> None:
     import io
 
+    import numpy as np
+
     from .report import atomic_write
 
     buf = io.BytesIO()

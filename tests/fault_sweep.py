@@ -69,16 +69,7 @@ CLI = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "fxverify"
 
 #: case name -> why it is a known failure (a bug in code this sweep's author may not change;
 #: reported, not counted as a sweep failure). Keep empty when possible.
-_STORE = ("the store and --out handling are being rewritten on another branch (issue 23's store items: symlinks "
-          "in --out, ../ matrix paths, validated rows, meta rows); this case passes once that lands")
-KNOWN_FAILURES: dict[str, str] = {
-    f"store: {label}": _STORE for label in (
-        ".fxverify.lock is a symlink to a file outside", "results.sqlite is a symlink to a file outside",
-        "results.json is a symlink to a file outside", "distances.npz is a symlink to a file outside",
-        "results.sqlite is a dangling symlink",
-        "a pair row with an unknown status", "a pair row with an index out of range", "a pair row with a text eps",
-        "the meta rows deleted, then another model's run",
-        "a matrix row naming ../ outside the store (sha256 matching)")}
+KNOWN_FAILURES: dict[str, str] = {}
 
 #: The quick subset (CI, tests/test_fault_sweep.py): one or two cases of every class, about a
 #: minute on two idle cores. Named here, in one place; the cases' own ``quick`` flags are reset to it.
