@@ -150,6 +150,25 @@ class BudgetFile:
         todo = [(i, j) for i in range(upto) for j in range(upto) if np.isnan(self.eps[i, j])]
         if not todo:
             return True
+        lock = _Lock(self.path)
+        if not lock.acquire():
+            log(f"  {self.path}: another run is filling it; skipped")
+            return False
+        try:
+            # another run may have saved pairs since this file was opened
+            if self.path.exists():
+                with np.load(self.path, allow_pickle=False) as f:
+                    m = f["eps"].shape[0]
+                    k = min(m, self.n)
+                    done = ~np.isnan(f["eps"][:k, :k])
+                    for name in ("eps", "failed", "cpu"):
+                        getattr(self, name)[:k, :k][done] = f[name][:k, :k][done]
+                todo = [(i, j) for i, j in todo if np.isnan(self.eps[i, j])]
+            return self._fill(collider, X_a, X_b, todo, upto, deadline, log, save_every)
+        finally:
+            lock.release()
+
+    def _fill(self, collider, X_a, X_b, todo, upto, deadline, log, save_every) -> bool:
         rev = git_revision()
         if rev not in self.meta["commits"]:
             self.meta["commits"].append(rev)
@@ -176,6 +195,33 @@ class BudgetFile:
                     f"{(time.monotonic() - t_start) / 60:.1f} min")
         self.save()
         return ok
+
+
+class _Lock:
+    """An advisory lock (flock) on ``FILE.lock`` beside a budget file: one writer at a time;
+    released when the process ends, however it ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).with_suffix(".lock")
+        self.fd = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def load_budgets(key: BudgetKey, root: Path) -> BudgetFile | None:

@@ -104,3 +104,19 @@ def test_bootstrap_identity_resample_and_paired_difference():
     assert d == lo == hi == 0.0
     lo, hi = c.band("ce")
     assert np.all(lo <= hi)
+
+
+def test_one_writer_per_budget_file(tmp_path):
+    from budgets import _Lock
+
+    key = BudgetKey("mnist", "m", "relu1")
+    X = np.arange(3, dtype=float)[:, None]
+    bf = BudgetFile.open(key, tmp_path, _Net(), np.arange(3), np.arange(3), 3)
+    held = _Lock(key.path(tmp_path))
+    assert held.acquire()
+    try:
+        assert not bf.fill(_Fake(), X, X, 3, log=lambda s: None)  # busy: skipped, nothing written
+        assert not key.path(tmp_path).exists()
+    finally:
+        held.release()
+    assert bf.fill(_Fake(), X, X, 3, log=lambda s: None) and load_budgets(key, tmp_path).complete_upto() == 3
