@@ -170,11 +170,15 @@ def collider(stem: str, domain):
     return _COLLIDERS[key]
 
 
-def fill_budgets(ex: Experiment, n: int, root: Path, upto: int, deadline: float | None, log=print) -> bool:
-    """Compute the experiment's missing descent budgets among its first ``upto`` points."""
+def fill_budgets(ex: Experiment, n: int, root: Path, upto: int, deadline: float | None, log=print,
+                 cuts: tuple[str, ...] | None = None) -> bool:
+    """Compute the experiment's missing descent budgets among its first ``upto`` points (only
+    at ``cuts`` when given)."""
     Xa, Xb, ia, ib = points(ex.dataset, 0, n)
     ok = True
     for key in budget_keys(ex):
+        if cuts is not None and key.cut not in cuts:
+            continue
         col = collider(key.model, key.domain)
         bf = BudgetFile.open(key, root, col.net, ia, ib, n)
         ok &= bf.fill(col, Xa, Xb, min(upto, n), deadline, log)
@@ -365,6 +369,7 @@ def main() -> int:
                     "largest complete square of each file)")
     ap.add_argument("--stages", default=None, help="with --compute-only: fill every named experiment up to "
                     "each of these n in turn (e.g. 50,100)")
+    ap.add_argument("--cuts", default=None, help="with --compute-only: only these cuts (e.g. relu1,relu2)")
     ap.add_argument("--hours", type=float, default=None, help="stop computing after this long (resumable)")
     ap.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default 200)")
     ap.add_argument("--figures", type=Path, default=None, help="also copy the plots here (e.g. docs/figures)")
@@ -402,7 +407,8 @@ def main() -> int:
                 if not descent_cuts(ex):
                     continue
                 print(f"{name}: n = {min(upto, size(ex))} of {size(ex)}", flush=True)
-                if not fill_budgets(ex, size(ex), root, upto, deadline, lambda s: print(s, flush=True)):
+                only = tuple(args.cuts.split(",")) if args.cuts else None
+                if not fill_budgets(ex, size(ex), root, upto, deadline, lambda s: print(s, flush=True), only):
                     print("stopped at the time limit (resume with the same command)")
                     return 0
         return 0
