@@ -336,6 +336,37 @@ def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> 
     return paths
 
 
+SHOWN = (2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
+
+
+def table_md(r: Rendered) -> str:
+    """The experiment's curves at a few budgets, as markdown (cross-entropy, 95% band; the
+    other disjoint subsets' values after a slash)."""
+    nt = r.note
+    subsets = f", {nt['subsets']} disjoint subsets" if nt["subsets"] > 1 else ""
+    head = (f"**{nt['experiment']}** ({nt['figure']}): {nt['threat_model']}; n = {nt['n_per_class']} per class"
+            f"{subsets}; " + (f"descent {nt['descent_cpu_seconds'] / 60:.0f} CPU-min on "
+                               f"{', '.join(nt['descent_commits'])} ({nt['descent_pairs_failed']} failed pairs)"
+                               if nt["descent_commits"] else "closed forms only") + "; plotted at {nt['commit']}, {nt['date']}, {nt['machine']}, "
+            f"{nt['render_wall_seconds']:.0f} s wall")
+    cols = [e for e in SHOWN if any(np.isclose(e, g) for g in EPS)]
+    lines = [head, "", "| curve | " + " | ".join(f"ε = {e:g}" for e in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    main = [c for c in r.curves if c.subset == 0]
+    for c in main:
+        cells = []
+        for e in cols:
+            v, lo, hi = c.at(e, "ce")
+            cell = f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if not np.isnan(lo) else f"{v:.3f}"
+            others = [o.at(e, "ce")[0] for o in r.curves if o.subset and o.model == c.model and o.cut == c.cut]
+            if others:
+                cell += " / " + " / ".join(f"{x:.3f}" for x in others)
+            cells.append(cell)
+        name = c.cut if len(set(x.cut for x in main)) > 1 else c.label
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render(name: str, ex: Experiment, n: int, root: Path, out_root: Path, resamples: int, subsets: int,
            closed_n: int, command: str) -> Rendered:
     t0 = time.perf_counter()
@@ -352,7 +383,9 @@ def render(name: str, ex: Experiment, n: int, root: Path, out_root: Path, resamp
             "render_wall_seconds": round(time.perf_counter() - t0, 1), "command": command,
             "curves": [c.to_dict() for c in curves]}
     (out / "summary.json").write_text(json.dumps(note, indent=1) + "\n")
-    return Rendered(name, curves, note, paths)
+    r = Rendered(name, curves, note, paths)
+    (out / "table.md").write_text(table_md(r))
+    return r
 
 
 def main() -> int:
@@ -441,6 +474,7 @@ def main() -> int:
         from claims import write_claims
 
         write_claims(done, out / "claims.md")
+        (out / "tables.md").write_text("\n".join(table_md(r) for r in done))
         print(f"claims table: {out / 'claims.md'}")
     return 0
 
