@@ -347,8 +347,8 @@ def table_md(r: Rendered) -> str:
     head = (f"**{nt['experiment']}** ({nt['figure']}): {nt['threat_model']}; n = {nt['n_per_class']} per class"
             f"{subsets}; " + (f"descent {nt['descent_cpu_seconds'] / 60:.0f} CPU-min on "
                                f"{', '.join(nt['descent_commits'])} ({nt['descent_pairs_failed']} failed pairs)"
-                               if nt["descent_commits"] else "closed forms only") + "; plotted at {nt['commit']}, {nt['date']}, {nt['machine']}, "
-            f"{nt['render_wall_seconds']:.0f} s wall")
+                               if nt["descent_commits"] else "closed forms only")
+            + f"; plotted at {nt['commit']}, {nt['date']}, {nt['machine']}, {nt['render_wall_seconds']:.0f} s wall")
     cols = [e for e in SHOWN if any(np.isclose(e, g) for g in EPS)]
     lines = [head, "", "| curve | " + " | ".join(f"ε = {e:g}" for e in cols) + " |",
              "|---|" + "---|" * len(cols)]
