@@ -34,6 +34,11 @@ class Table:
     def get(self, exp: str, label: str, cut: str, subset: int = 0):
         return self.curves.get((exp, label, cut, subset))
 
+    def get_like(self, c, subset: int):
+        """The curve of the same experiment, model and cut on another subset."""
+        return next((x for k, x in self.curves.items() if k[2] == c.cut and k[3] == subset and x.model == c.model
+                     and x.n == c.n), None)
+
     def diff(self, a, b, eps: float, loss: str = "ce") -> tuple[float, float, float]:
         return paired_difference(a, b, eps, loss)
 
@@ -62,8 +67,13 @@ class Table:
             v = self.verdict(lo, hi, zero)
             verdicts.append(v)
             va, vb = a.at(e, loss), b.at(e, loss)
+            others = ""
+            reps = [(self.get_like(a, s), self.get_like(b, s)) for s in (1, 2)]
+            reps = [(x, y) for x, y in reps if x is not None and y is not None]
+            if reps:
+                others = "; other subsets " + ", ".join(f"{x.at(e, loss)[0] - y.at(e, loss)[0]:+.3f}" for x, y in reps)
             parts.append(f"ε = {e:g}: {name_a or a.label} {fmt(*va)} vs {name_b or b.label} {fmt(*vb)}; "
-                         f"difference {fmt(d, lo, hi)} ({v})")
+                         f"difference {fmt(d, lo, hi)} ({v}{others})")
         self.rows.append((claim, "<br>".join(parts), summarise(verdicts, eps_list)))
 
     def add(self, claim: str, number: str, verdict: str) -> None:
@@ -142,6 +152,18 @@ def write_claims(done, path: Path) -> str:
               g("fig6", "regular", "relu1"), [3.0, 3.5, 4.0, 4.5])
     t.compare("... smaller above small, relu1", g("fig6", "smaller", "relu1"), g("fig6", "small", "relu1"),
               [3.0, 3.5, 4.0, 4.5])
+    models = [m for m in ("benign", "PGD 2", "TRADES 2") if g("fig11", m, "linear1") is not None]
+    if models and g("fig11", models[0], "input") is not None:
+        inp = g("fig11", models[0], "input")
+        gap = max(float(np.max(np.abs(g("fig11", m, "linear1").ce - inp.ce))) for m in models)
+        gap01 = max(float(np.max(np.abs(g("fig11", m, "linear1").loss01 - inp.loss01))) for m in models)
+        t.add("The CNN's first convolution layer does not raise the bound over the input space (Fig. 11)",
+              f"largest absolute difference linear1 − input over every ε of the grid and the {len(models)} models: CE {gap:.2g}, "
+              f"0-1 {gap01:.2g} (n = {inp.n}; the convolution has rank 784, so it is injective)",
+              "**holds** (exactly)" if gap == 0 and gap01 == 0 else "**contradicted**")
+    else:
+        t.add("The CNN's first convolution layer does not raise the bound over the input space (Fig. 11)",
+              "not computed", "—")
     text = t.markdown()
     Path(path).write_text(text)
     return text

@@ -117,7 +117,7 @@ EXPERIMENTS = {
                               n=50),
     "fig11": Experiment("CNN first convolution layer across training methods, MNIST", "Fig. 11", "mnist",
                         {"benign": "cnn_mnist_3v7_benign", "PGD 2": "cnn_mnist_3v7_pgd2",
-                         "TRADES 2": "cnn_mnist_3v7_trades2"}, ("linear1",)),
+                         "TRADES 2": "cnn_mnist_3v7_trades2"}, ("input", "linear1")),
 }
 
 #: --smoke: every experiment at tiny sizes (a minute or two)
@@ -313,7 +313,9 @@ def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> 
         fig, ax = plt.subplots(figsize=(7.2, 4.6))
         for k, c in enumerate(main):
             color = COLORS[k % len(COLORS)]
-            lab = c.cut if layerwise else c.label
+            lab = c.cut if len(ex.models) == 1 else c.label if not layerwise else f"{c.label}, {c.cut}"
+            if layerwise and len(ex.models) > 1 and c.cut == "input" and k:
+                continue  # the input cut is the same for every model
             ax.plot(c.grid, c.values(loss), color=color, marker=".", ms=3, lw=1.4, label=lab)
             band = c.band(loss)
             if band is not None:
@@ -362,7 +364,8 @@ def table_md(r: Rendered) -> str:
             if others:
                 cell += " / " + " / ".join(f"{x:.3f}" for x in others)
             cells.append(cell)
-        name = c.cut if len(set(x.cut for x in main)) > 1 else c.label
+        name = c.cut if len(set(x.model for x in main)) == 1 else (
+            c.label if len(set(x.cut for x in main)) == 1 else f"{c.label}, {c.cut}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
