@@ -310,7 +310,7 @@ def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> 
                                    f"subsets)" if ex.closed_only and len(curves) > len(main) else "")
     for loss, ylabel, fname in (("ce", "cross-entropy lower bound", "cross_entropy.png"),
                                 ("loss01", "0-1 loss lower bound", "loss01.png")):
-        fig, ax = plt.subplots(figsize=(7.2, 4.6))
+        fig, ax = plt.subplots(figsize=(7.2, 4.8))
         for k, c in enumerate(main):
             color = COLORS[k % len(COLORS)]
             lab = c.cut if len(ex.models) == 1 else c.label if not layerwise else f"{c.label}, {c.cut}"
@@ -328,8 +328,8 @@ def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> 
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-        ax.set_title(f"{ex.title}\n{ex.threat}; {what}; bands: 95% bootstrap ({resamples} resamples)",
-                     fontsize=8)
+        ax.set_title(f"{ex.title}\n{ex.threat}\n{what}; bands: 95% bootstrap ({resamples} resamples)",
+                     fontsize=7.5)
         fig.tight_layout()
         p = out / fname
         fig.savefig(p, dpi=110)
