@@ -247,7 +247,10 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
         for label, stem in ex.models.items():
             net = collider(stem, ex.domain).net
             mats, fails, cpus = {}, {}, {}
-            closed = tuple(c for c in ex.cuts if ex.domain is None and c in CLOSED)
+            # the closed-form cuts shown or determining a shown cut: a pair whose descent failed
+            # keeps their collisions (as fxverify.bound does)
+            closed = tuple(c for c in CLOSED if ex.domain is None and
+                           (c in ex.cuts or any(c in net.dominators(x) for x in ex.cuts)))
             if closed:
                 mats.update(closed_budgets(ex.dataset, stem, subset, m, closed, out))
             for key in budget_keys(ex):
