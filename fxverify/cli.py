@@ -616,8 +616,8 @@ def collide(model: ModelArg, spec: SpecOpt,
             cut: Annotated[str, typer.Option("--cut", help="Cut name (see `fxverify inspect`).")],
             pair: Annotated[tuple[int, int], typer.Option("--pair", help="I J: the I-th point of the first class "
                                                           "and the J-th of the second (0-based).")],
-            method: Annotated[Optional[str], typer.Option("--method", help="descent, faithful, closed_form or "
-                                                          "exact (default: the solver profile's).")] = None,
+            method: Annotated[Optional[str], typer.Option("--method", help="descent, faithful, closed_form, "
+                                                          "exact or apgd (default: the solver profile's).")] = None,
             solver: SolverOpt = None,
             solver_option: SolverOptionOpt = None,
             check_solver: Annotated[Optional[str], typer.Option("--check-solver", help="Re-solve the descent's "

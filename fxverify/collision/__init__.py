@@ -11,7 +11,9 @@ Methods:
   determines this one (a dominator: in a chain, any shallower cut) is one here too and is kept
   when it is better, so eps never grows with depth;
 * ``faithful``: the paper's descent exactly (midpoint start, its stopping rule), a baseline;
-* ``exact``: the mixed-integer optimum (see :mod:`fxverify.collision.exact`).
+* ``exact``: the mixed-integer optimum (see :mod:`fxverify.collision.exact`);
+* ``apgd``: the Auto-PGD baseline, a gradient attack on the feature distance polished by one LP
+  (:mod:`fxverify.collision.apgd`; l2 only, no fallback to the closed forms).
 
 A :class:`Collider` takes a resolved :class:`~fxverify.config.Engine` and keeps what every pair
 shares (plans with their SVDs, descents, the onnxruntime session); ``collide`` caches one per
@@ -156,6 +158,10 @@ class Collider:
                                  message=f"{cut} is piecewise linear: no closed form (use descent)")
             if self.method == "exact":
                 return self._exact(cut, u, v, t0, deadline)
+            if self.method == "apgd":  # the Auto-PGD baseline, polished by one LP (collision/apgd.py)
+                from .apgd import apgd_collision
+
+                return apgd_collision(self, cut, u, v, t0)
             if stop is not None:
                 fu, fv = self.net.forward(np.stack([u, v]), cut=cut)
                 if np.array_equal(fu, fv):  # the points themselves collide: eps = 0
@@ -358,7 +364,7 @@ def collide(network: Network, cut: str, u, v, method: str | None = None, solver=
             ) -> Collision:
     """Find and verify a collision of ``u`` and ``v`` at ``cut``.
 
-    ``method``: ``descent`` (default), ``faithful``, ``closed_form`` or ``exact``; ``solver``: a
+    ``method``: ``descent`` (default), ``faithful``, ``closed_form``, ``exact`` or ``apgd``; ``solver``: a
     profile name or file, a backend name or a :class:`~fxverify.profiles.SolverProfile`
     (default: the ``descent-activeset`` profile; ``exact-scip`` for the exact method); ``norm``: ``"l2"`` (default), ``"linf"`` or ``"l1"``;
     ``domain``: ``(lo, hi)`` keeps the perturbed points in that box (e.g. ``(0, 1)``). The result
