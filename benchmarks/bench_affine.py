@@ -69,7 +69,7 @@ def main() -> int:
     V = row_space(lin).V
     r = V.shape[1]
     Pa, Pb = Xa @ V, Xb @ V  # projected data for the bare r-dimensional product (not timed)
-    print(f"{n} + {n} points ({origin}); linear1 is {net.node("linear1").weight.shape[0]} x {net.node("linear1").weight.shape[1]}, "
+    print(f"{n} + {n} points ({origin}); linear1 is {net.node('linear1').weight.shape[0]} x {net.node('linear1').weight.shape[1]}, "
           f"rank r = {r}; block {block}; {args.repeats} repeats, interleaved\n")
 
     methods = {

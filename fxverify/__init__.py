@@ -9,7 +9,7 @@ The names are imported on first use (PEP 562), so that ``import fxverify.cli`` l
 numpy nor onnxruntime before the command line has checked the process's resource limits.
 """
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: E402,F401
 
 from .errors import FxverifyError  # noqa: E402  (standard library only)
 

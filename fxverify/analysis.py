@@ -1,76 +1,43 @@
 """The main job: for every cut and every budget of a spec, lower bounds on the robust loss.
 
 ``bound(model, spec)`` (the library form of ``fxverify bound``) resolves the configuration once
-(:mod:`fxverify.config`), runs model -> IR -> pairs -> collisions (stored, resumable) -> edges ->
-bounds and returns an immutable :class:`Analysis`; :mod:`fxverify.report` writes it out.
+(:mod:`fxverify.config`), runs model -> IR -> tasks -> per-(pair, cut) results (stored,
+resumable) -> bounds and returns an immutable :class:`~fxverify.results.Analysis`; then
+:mod:`fxverify.report` writes it out and :mod:`fxverify.witnesses` exports the witnesses.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .bounds import BoundRecord, lower_bounds
-from .errors import SpecError
+from ._version import __version__
+from .bounds import lower_bounds
+from .errors import FxverifyError, SpecError
 from .ir import Network
 from .onnx_import import load_model
-from .pipeline import Distances, Progress, compute_distances
+from .pipeline import Progress, compute_distances, run_settings
 from .profiles import SolverProfile
+from .results import Analysis, CutBounds, Distances
+
+__all__ = ["Analysis", "CutBounds", "analyze", "bound", "bounds_from_distances", "default_out", "load_inputs",
+           "run_deadline"]
 
 
-@dataclass(frozen=True)
-class CutBounds:
-    cut: str
-    records: tuple[BoundRecord, ...]
-    pairs_total: int
-    pairs_done: int
-    pairs_failed: int
-    pairs_not_applicable: int
-    method: str
-    seconds: float
-    note: str = ""
-    pairs_skipped: int = 0  # in pairs_done: left out by the run's pair selection (bounds stay valid)
+#: seconds a budget-limited run keeps for its bounds, plots and witnesses (at most a tenth of
+#: the budget): its computation stops that much earlier, so that the run ends at the budget
+FINISH_RESERVE = 2.0
 
 
-@dataclass(frozen=True)
-class Analysis:
-    model_path: str
-    model_sha256: str
-    spec: object  # fxverify.spec.Spec (with any overrides applied)
-    profile: SolverProfile
-    classes: tuple[int, int]
-    n_a: int
-    n_b: int
-    cuts: tuple[CutBounds, ...]
-    seconds: float
-    version: str = __version__
-    out_dir: str = ""
-    norm: str = "l2"
-    domain: tuple[float, float] | None = None
-    unavailable: tuple[tuple[str, str], ...] = ()  # cuts the model has but fxverify cannot compute
-    eps_matrices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    @property
-    def complete(self) -> bool:
-        return all(c.pairs_done == c.pairs_total for c in self.cuts)
-
-    @property
-    def pairs_failed(self) -> int:
-        return sum(c.pairs_failed for c in self.cuts)
-
-    def records(self) -> list[dict]:
-        """One flat record per (cut, eps), the rows of results.json / results.csv."""
-        return [{"cut": c.cut, "eps": r.eps, "edges": r.edges, "loss01_lower": r.loss01_lower,
-                 "ce_lower": r.ce_lower, "pairs_done": c.pairs_done, "pairs_failed": c.pairs_failed}
-                for c in self.cuts for r in c.records]
-
-    def cut(self, name: str) -> CutBounds:
-        return next(c for c in self.cuts if c.cut == name)
+def run_deadline(started: float, budget: float | None) -> float | None:
+    """The :func:`time.monotonic` time at which a run that began at ``started`` with a time
+    budget of ``budget`` seconds stops computing (None: no budget)."""
+    if budget is None:
+        return None
+    return started + budget - min(FINISH_RESERVE, 0.1 * budget)
 
 
 def bounds_from_distances(d: Distances, grid, net: Network | None = None) -> tuple[list[CutBounds], dict]:
@@ -84,16 +51,16 @@ def bounds_from_distances(d: Distances, grid, net: Network | None = None) -> tup
         best = c.eps
         for x in doms:
             best = np.minimum(best, d.by_cut[x].eps)
+        notes = [c.message] if c.message else []
         carried = int(np.sum(best < c.eps))
-        note = c.message
         if carried:
-            note = (note + "; " if note else "") + f"{carried} pairs take a shallower cut's collision"
-        mats[cut] = best
+            notes.append(f"{carried} pairs take a shallower cut's collision")
         if c.n_skipped:
-            note = (note + "; " if note else "") + (f"{c.n_skipped} pairs skipped by the pair selection (they keep "
-                                                    f"the budgets of the cuts that determine this one)")
+            notes.append(f"{c.n_skipped} pairs skipped by the pair selection (they keep the budgets of the cuts "
+                         f"that determine this one)")
+        mats[cut] = best
         out.append(CutBounds(cut, tuple(lower_bounds(best, grid)), c.n_pairs, c.n_done, c.n_failed,
-                             c.n_not_applicable, c.method, c.seconds, note, c.n_skipped))
+                             c.n_not_applicable, c.method, c.seconds, "; ".join(notes), c.n_skipped, c.failures))
     return out, mats
 
 
@@ -110,24 +77,46 @@ def load_inputs(model: str | os.PathLike | Network, run) -> tuple[Network, objec
 
 
 def analyze(net: Network, run, points, *, out_dir: str | os.PathLike, cuts: tuple[str, ...] | None = None,
-            progress: Progress | None = None, executor=None) -> Analysis:
+            progress: Progress | None = None, executor=None, deadline: float | None = None,
+            witnesses: bool = True) -> Analysis:
     """Lower bounds for every cut (default: the spec's) and every budget of the spec's grid, for
-    a resolved run (:func:`fxverify.config.resolve_run`) on the inputs of :func:`load_inputs`."""
+    a resolved run (:func:`fxverify.config.resolve_run`) on the inputs of :func:`load_inputs`.
+    ``deadline`` (a :func:`time.monotonic` time; default: the run's time budget from now)."""
     t0 = time.perf_counter()
     spec, engine = run.spec, run.engine
     wanted = spec.resolve_cuts(net) if cuts is None else tuple(cuts)
     for c in wanted:
         net.cut_index(c)
-    d = compute_distances(net, points, wanted, engine, Path(out_dir), progress=progress, time_budget=run.time_budget,
+    if deadline is None and run.time_budget is not None:
+        deadline = time.monotonic() + run.time_budget
+    d = compute_distances(net, points, wanted, engine, Path(out_dir), progress=progress, deadline=deadline,
                           info={"spec": spec.to_dict()}, executor=executor, order=run.order,
-                          normalize=getattr(spec, "normalize", None), grid=run.grid)
+                          normalize=getattr(spec, "normalize", None), grid=run.grid, bounds_grid=tuple(spec.eps),
+                          witnesses=witnesses, select_pairs=run.select_pairs)
     per_cut, mats = bounds_from_distances(d, spec.eps, net)
     dom = engine.domain
     return Analysis(model_path=net.source.path, model_sha256=net.source.sha256, spec=spec, profile=engine.profile,
                     classes=points.classes, n_a=d.n_a, n_b=d.n_b, cuts=tuple(per_cut),
-                    seconds=time.perf_counter() - t0, out_dir=str(out_dir), norm=engine.norm.name,
-                    domain=None if dom is None else (dom.lo, dom.hi),
+                    seconds=time.perf_counter() - t0, version=__version__, out_dir=str(out_dir),
+                    norm=engine.norm.name, domain=None if dom is None else (dom.lo, dom.hi),
                     unavailable=tuple((u.cut, u.reason) for u in net.unavailable), eps_matrices=mats)
+
+
+def export_witnesses(net: Network, run, points, out_dir: str | os.PathLike, grid=None) -> dict:
+    """Write ``witnesses.npz`` from the run's store in ``out_dir``; its {"file", "count",
+    "bytes"} for results.json. ``grid``: the budgets whose edges ``fxverify check`` checks
+    (default: the spec's; empty: every witness)."""
+    from . import witnesses
+    from .store import ResultStore
+
+    settings = run_settings(net, points, run.engine, getattr(run.spec, "normalize", None), run.grid,
+                            run.select_pairs)
+    dom = run.engine.domain
+    with ResultStore(out_dir, settings) as store:
+        path, n = witnesses.export(Path(out_dir), net, points, run.engine.norm.name,
+                                   None if dom is None else (dom.lo, dom.hi),
+                                   tuple(run.spec.eps) if grid is None else tuple(grid), store)
+    return {"file": path.name, "count": n, "bytes": path.stat().st_size}
 
 
 def default_out(model, spec) -> Path:
@@ -140,8 +129,8 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
           solver: str | SolverProfile | None = None, solver_options: dict | None = None,
           time_budget: float | None = None, jobs: int | None = None, executor: str = "local",
           address: str | None = None, order: str = "promise", n: int | None = None, eps=None, cuts=None,
-          classes=None, norm: str | None = None, exhaustive: bool = False, write: bool = True,
-          progress: Progress | None = None) -> Analysis:
+          classes=None, norm: str | None = None, exhaustive: bool = False, select_pairs: bool = False,
+          witnesses: bool = True, write: bool = True, progress: Progress | None = None) -> Analysis:
     """The main job from Python: lower bounds on the 0-1 and cross-entropy loss at every cut and
     budget, exactly as ``fxverify bound`` computes them (same store, same results).
 
@@ -149,9 +138,13 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes``, ``norm`` override the spec's
     fields; ``solver`` / ``solver_options`` its solver profile; ``exhaustive``: every descent to
     its local optimum (default: a descent stops when it cannot cross a budget of the grid);
-    ``out`` the result directory
-    (default ``out/MODEL__SPEC``). ``write``: also write results.json, results.csv and the plots.
-    Call it under ``if __name__ == "__main__":`` in scripts (the local executor spawns workers).
+    ``select_pairs``: skip pairs that by the measured ratios cannot change a bound (off by
+    default); ``witnesses``: store and export every collision's points (``witnesses.npz``);
+    ``time_budget``: seconds, counted from this call (hard: the computation stops early enough
+    to write the results by then); ``out`` the result directory
+    (default ``out/MODEL__SPEC``). ``write``: also write results.json, results.csv, the plots
+    and the witnesses. Call it under ``if __name__ == "__main__":`` in scripts (the local
+    executor spawns workers).
     """
     from . import _checks
     from .config import resolve_run
@@ -178,18 +171,26 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     exhaustive, write = _checks.flag(exhaustive, "exhaustive"), _checks.flag(write, "write")
     if progress is not None and not callable(progress):
         raise SpecError(f"progress must be a callable (stage, done, total), not {type(progress).__name__}")
+    _checks.flag(select_pairs, "select_pairs"), _checks.flag(witnesses, "witnesses")
+    started = time.monotonic()
     if isinstance(spec, dict):
         spec = parse_spec(spec, ".", "spec")
     elif not isinstance(spec, (Spec, str, os.PathLike)):
         raise SpecError(f"spec must be a path, a Spec or a spec document, not {type(spec).__name__}")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise FxverifyError(f"jobs must be a whole number of at least 1, not {jobs!r}")
     run = resolve_run(spec, solver=solver, solver_options=solver_options, time_budget=time_budget, order=order,
-                      exhaustive=exhaustive, n_per_class=n, eps=eps, cuts=cuts, classes=classes, norm=norm)
+                      exhaustive=exhaustive, select_pairs=select_pairs, n_per_class=n, eps=eps, cuts=cuts,
+                      classes=classes, norm=norm)
     ex = make_executor(executor, jobs=jobs, address=address)
     net, points = load_inputs(model, run)
     out_dir = Path(out) if out is not None else default_out(net.source.path, run.spec)
-    a = analyze(net, run, points, out_dir=out_dir, progress=progress, executor=ex)
+    deadline = run_deadline(started, run.time_budget)
+    a = analyze(net, run, points, out_dir=out_dir, progress=progress, executor=ex, deadline=deadline,
+                witnesses=witnesses)
     if write:
         from .report import write_results
 
-        write_results(a, out_dir)
+        info = export_witnesses(net, run, points, out_dir) if witnesses else None
+        write_results(a, out_dir, info)
     return a

@@ -233,9 +233,13 @@ def _resource_message(err: BaseException) -> str | None:
     return None
 
 
-def user_errors(fn):
+def user_errors(fn=None, *, stores: bool = False):
     """Turn an FxverifyError into one line on stderr and exit code 2 (no traceback); Ctrl-C and
-    SIGTERM end the command cleanly with one line (exit codes 130 and 143)."""
+    SIGTERM end the command cleanly with one line (exit codes 130 and 143). ``stores``: the
+    command keeps results in a store (the SIGTERM line says they are kept)."""
+    if fn is None:
+        return functools.partial(user_errors, stores=stores)
+    kept = "; results stored so far are kept (rerun the same command to continue)" if stores else ""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -249,10 +253,10 @@ def user_errors(fn):
             _say_error(str(err))
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
-            _say_error("interrupted")
+            _say_error(f"interrupted{kept}")
             raise typer.Exit(130) from None
         except Terminated:
-            _say_error("terminated (SIGTERM); results stored so far are kept")
+            _say_error(f"terminated (SIGTERM){kept}")
             raise typer.Exit(128 + signal.SIGTERM) from None
         except (MemoryError, ImportError, RuntimeError, OSError) as err:
             if isinstance(err, OSError) and _stdout_failed() is not None:
@@ -269,6 +273,21 @@ def user_errors(fn):
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _process_start() -> float:
+    """When this process started, as a :func:`time.monotonic` time (a time budget counts the
+    interpreter's start and imports too); now when /proc cannot tell."""
+    now = time.monotonic()
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if 0.0 <= age < 3600.0 else now
 
 
 def _version(value: bool) -> None:
@@ -374,14 +393,15 @@ def _list(value: str | None, cast, flag: str):
 
 
 def _resolve(spec_path: Path, solver: str | None, options: list[str] | None, *, n=None, eps=None, cuts=None,
-             classes=None, norm=None, time_budget=None, order="promise", exhaustive=False):
+             classes=None, norm=None, time_budget=None, order="promise", exhaustive=False, select_pairs=False):
     """The run's configuration, resolved once (spec + CLI overrides + profile + defaults)."""
     from .config import resolve_run
 
     cut_list = None if cuts is None else ("all" if cuts.strip() == "all" else _list(cuts, str, "--cuts"))
     return resolve_run(spec_path, solver=solver, solver_options=_overrides(options), time_budget=time_budget,
-                       order=order, exhaustive=exhaustive, n_per_class=n, eps=_list(eps, float, "--eps"), cuts=cut_list,
-                       classes=_list(classes, int, "--classes"), norm=norm)
+                       order=order, exhaustive=exhaustive, select_pairs=select_pairs, n_per_class=n,
+                       eps=_list(eps, float, "--eps"), cuts=cut_list, classes=_list(classes, int, "--classes"),
+                       norm=norm)
 
 
 def _prepare(model: Path, run):
@@ -446,7 +466,9 @@ class _Stages:
 
     @staticmethod
     def unit(stage: str) -> str:
-        return "cuts" if stage.startswith("closed form") else "pairs"
+        """closed-form stages count cuts; the descent counts (pair, cut) results, each stored
+        when found; the gap study counts pairs."""
+        return "cuts" if stage.startswith("closed form") else "results" if stage == "descent" else "pairs"
 
     def line(self, stage: str) -> str:
         done, total = self.state[stage]
@@ -535,75 +557,41 @@ def _progress(interval: float = 5.0):
         yield report
 
 
-@app.command()
-@user_errors
-def collide(model: ModelArg, spec: SpecOpt,
-            cut: Annotated[str, typer.Option("--cut", help="Cut name (see `fxverify inspect`).")],
-            pair: Annotated[tuple[int, int], typer.Option("--pair", help="I J: the I-th point of the first class "
-                                                          "and the J-th of the second (0-based).")],
-            method: Annotated[Optional[str], typer.Option("--method", help="descent, faithful, closed_form or "
-                                                          "exact (default: the solver profile's).")] = None,
-            solver: SolverOpt = None,
-            solver_option: SolverOptionOpt = None,
-            check_solver: Annotated[Optional[str], typer.Option("--check-solver", help="Re-solve the descent's "
-                                                                "final cone LP with this backend and report the "
-                                                                "difference.", show_default=False)] = None,
-            as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the collision points).")] = False,
-            n: NOpt = None, classes: ClassesOpt = None, norm: NormOpt = None) -> None:
-    """Find and verify the collision of one cross-class pair at one cut."""
-    from .collision import Collider
-    from .config import resolve_engine
-    from .errors import SpecError
+def _collide_engine(run, method, solver, solver_option, check_solver):
+    """The engine of ``fxverify collide``: the run's, or ``--method``'s own profile (``--solver``
+    read for that method), with ``--check-solver``."""
+    from .config import DEFAULT_EXACT_PROFILE, resolve_engine
+    from .profiles import load_profile
 
-    from .profiles import METHODS
-
-    if method is not None and method not in METHODS:
-        raise SpecError(f"--method {method!r} is not a collision method; methods: {', '.join(METHODS)}")
-    chosen = solver
-    if method is not None and solver is not None:
-        # --solver is read for --method (a backend name such as gurobi is an exact solver with
-        # --method exact), not first as a descent profile
-        from .profiles import load_profile
-
-        chosen = load_profile(solver, method)
-        if solver_option:
-            chosen = chosen.with_overrides(_overrides(solver_option))
-    run = _resolve(spec, chosen, None if chosen is not solver else solver_option, n=n, classes=classes, norm=norm)
     engine = run.engine
     if method not in (None, engine.method) or check_solver is not None:
-        from .config import DEFAULT_EXACT_PROFILE
-        from .profiles import load_profile
-
         profile = engine.profile
         if solver is not None or (method == "exact" and engine.method != "exact"):
             profile = load_profile(solver or DEFAULT_EXACT_PROFILE, method)  # the method's own profile
             if solver_option:
                 profile = profile.with_overrides(_overrides(solver_option))
         engine = resolve_engine(profile, run.spec.norm, engine.domain, method=method, check_solver=check_solver)
-    net, points = _prepare(model, run)
-    i, j = pair
-    if not (0 <= i < len(points.X_a) and 0 <= j < len(points.X_b)):
-        raise SpecError(f"--pair {i} {j} is out of range: the spec selects {len(points.X_a)} points of class "
-                        f"{points.classes[0]} and {len(points.X_b)} of class {points.classes[1]}")
-    col = Collider(net, engine)
-    profile = engine.profile
-    shown = net.dominators(cut) if col.method == "descent" else (cut,)
-    chain = col.collide_cuts(points.X_a[i], points.X_b[j], shown)
+    return engine
+
+
+def _collide_json(chain, cut, i, j, points) -> None:
     res = chain[cut]
-    if as_json:
-        out = {c: {"status": r.status.value, "eps": r.eps, "verified": r.verified, "method": r.method,
-                   "solver": r.solver, "iterations": r.iterations, "seconds": r.seconds, "residual": r.residual,
-                   "residual_onnx": r.residual_onnx, "eps_lower": r.eps_lower, "termination": r.termination,
-                   "check_solver": r.check_solver, "check_eps": r.check_eps, "message": r.message}
-               for c, r in chain.items()}
-        out[cut]["u_adv"] = None if res.u_adv is None else res.u_adv.tolist()
-        out[cut]["v_adv"] = None if res.v_adv is None else res.v_adv.tolist()
-        print(json.dumps({"pair": [i, j], "classes": list(points.classes),
-                          "index": [int(points.index_a[i]), int(points.index_b[j])], "cuts": out}, indent=2))
-        return
+    out = {c: {"status": r.status.value, "eps": r.eps, "verified": r.verified, "method": r.method,
+               "solver": r.solver, "iterations": r.iterations, "seconds": r.seconds, "residual": r.residual,
+               "residual_onnx": r.residual_onnx, "eps_lower": r.eps_lower, "termination": r.termination,
+               "check_solver": r.check_solver, "check_eps": r.check_eps, "message": r.message}
+           for c, r in chain.items()}
+    out[cut]["u_adv"] = None if res.u_adv is None else res.u_adv.tolist()
+    out[cut]["v_adv"] = None if res.v_adv is None else res.v_adv.tolist()
+    print(json.dumps({"pair": [i, j], "classes": list(points.classes),
+                      "index": [int(points.index_a[i]), int(points.index_b[j])], "cuts": out}, indent=2))
+
+
+def _collide_table(chain, cut, i, j, points, engine) -> None:
     con = _console()
+    res = chain[cut]
     con.print(f"pair ({i}, {j}): class {points.classes[0]} image #{points.index_a[i]} vs class "
-              f"{points.classes[1]} image #{points.index_b[j]}; solver profile {escape(profile.name)}, "
+              f"{points.classes[1]} image #{points.index_b[j]}; solver profile {escape(engine.profile.name)}, "
               f"{engine.norm.label} budget" + ("" if engine.domain is None else
                                                f", domain [{engine.domain.lo:g}, {engine.domain.hi:g}]"))
     t = Table(show_edge=False, header_style="bold")
@@ -613,12 +601,93 @@ def collide(model: ModelArg, spec: SpecOpt,
         t.add_row(c, r.status.value, f"{r.eps:.6f}", r.method, str(r.iterations), f"{r.seconds:.2f}",
                   f"{r.residual:.1e} / {r.residual_onnx:.1e}", escape(r.message))
     con.print(t)
-    verdict = "verified collision" if res.verified else "no verified collision"
+    verdict = "verified collision" if res.verified else (
+        "no result: the time budget ended first" if res.status.value == "timed-out" else "no verified collision")
     con.print(f"{cut}: {verdict}, eps = {res.eps:.6f}")
     if res.method == "exact" and res.termination:
         con.print(f"exact: {res.termination}; proven eps* >= {res.eps_lower:.6f}, eps* <= {res.eps:.6f}")
     if res.check_solver:
         con.print(f"check by {res.check_solver}: eps {res.check_eps:.9g} (difference {res.check_difference:+.2e})")
+
+
+@app.command()
+@user_errors
+def collide(model: ModelArg, spec: SpecOpt,
+            cut: Annotated[str, typer.Option("--cut", help="Cut name (see `fxverify inspect`).")],
+            pair: Annotated[tuple[int, int], typer.Option("--pair", help="I J: the I-th point of the first class "
+                                                          "and the J-th of the second (0-based).")],
+            method: Annotated[Optional[str], typer.Option("--method", help="descent, faithful, closed_form, "
+                                                          "exact or apgd (default: the solver profile's).")] = None,
+            solver: SolverOpt = None,
+            solver_option: SolverOptionOpt = None,
+            check_solver: Annotated[Optional[str], typer.Option("--check-solver", help="Re-solve the descent's "
+                                                                "final cone LP with this backend and report the "
+                                                                "difference.", show_default=False)] = None,
+            time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after this many "
+                                                                 "seconds: cuts not finished by then are shown "
+                                                                 "as timed-out (nothing is stored).",
+                                                                 show_default=False)] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the collision points).")] = False,
+            n: NOpt = None, classes: ClassesOpt = None, norm: NormOpt = None) -> None:
+    """Find and verify the collision of one cross-class pair at one cut."""
+    from .collision import Collider
+    from .errors import SpecError
+    from .profiles import METHODS, load_profile
+
+    started = _process_start()
+    if method is not None and method not in METHODS:
+        raise SpecError(f"--method {method!r} is not a collision method; methods: {', '.join(METHODS)}")
+    chosen = solver
+    if method is not None and solver is not None:
+        # --solver is read for --method (a backend name such as gurobi is an exact solver with
+        # --method exact), not first as a descent profile
+        chosen = load_profile(solver, method)
+        if solver_option:
+            chosen = chosen.with_overrides(_overrides(solver_option))
+    run = _resolve(spec, chosen, None if chosen is not solver else solver_option, n=n, classes=classes, norm=norm,
+                   time_budget=time_budget)
+    engine = _collide_engine(run, method, solver, solver_option, check_solver)
+    net, points = _prepare(model, run)
+    i, j = pair
+    if not (0 <= i < len(points.X_a) and 0 <= j < len(points.X_b)):
+        raise SpecError(f"--pair {i} {j} is out of range: the spec selects {len(points.X_a)} points of class "
+                        f"{points.classes[0]} and {len(points.X_b)} of class {points.classes[1]}")
+    col = Collider(net, engine)
+    shown = net.dominators(cut) if col.method == "descent" else (cut,)
+    deadline = None if time_budget is None else started + run.time_budget
+    chain = col.collide_cuts(points.X_a[i], points.X_b[j], shown, deadline=deadline)
+    if as_json:
+        _collide_json(chain, cut, i, j, points)
+    else:
+        _collide_table(chain, cut, i, j, points, engine)
+
+
+def _check_summary(rep, con) -> None:
+    verdict = "[green]all hold[/green]" if rep.ok else "[red]FAILED[/red]"
+    con.print(f"{escape(rep.model)}: {rep.checked:,} edges checked (witnesses with eps <= the grid's largest "
+              f"budget, of {rep.stored:,} stored), {rep.failed:,} failed, {rep.mismatched:,} budget mismatches; "
+              f"{verdict} ({rep.seconds:.1f} s; float64 IR and onnxruntime)")
+    if rep.model_sha256 != rep.run_sha256:
+        con.print(f"[yellow]note[/yellow]: this model (sha256 {rep.model_sha256[:16]}…) is not the run's "
+                  f"({rep.run_sha256[:16]}…)")
+    for e in rep.examples:
+        con.print(f"  {escape(e)}")
+
+
+@app.command()
+@user_errors
+def check(out: Annotated[Path, typer.Argument(help="A run's output directory (with witnesses.npz).",
+                                              show_default=False)],
+          model: Annotated[Optional[Path], typer.Option("--model", help="Check against this ONNX model instead of "
+                                                        "the run's.", show_default=False)] = None) -> None:
+    """Re-verify every stored witness that is an edge at some budget of the grid (float64 IR and
+    onnxruntime, budgets recomputed from the points); exit 0 only if all hold, 1 otherwise."""
+    from . import witnesses
+
+    rep = witnesses.check(out, model)
+    _check_summary(rep, _console())
+    if not rep.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -744,6 +813,22 @@ OrderOpt = Annotated[str, typer.Option("--order", help="Order of the descent pai
                                        "do not depend on it.")]
 
 
+WitnessesOpt = Annotated[str, typer.Option("--witnesses", help="all: store every found collision's points and "
+                                           "export them (witnesses.npz, for fxverify check); none: budgets only "
+                                           "(huge runs).")]
+SelectOpt = Annotated[bool, typer.Option("--select-pairs", help="Skip pairs that, by the descent/closed-form ratios "
+                                         "measured on earlier blocks of pairs, cannot change a bound (off by "
+                                         "default; bounds stay valid).")]
+
+
+def _witnesses(value: str) -> bool:
+    from .errors import SpecError
+
+    if value not in ("all", "none"):
+        raise SpecError(f"--witnesses {value!r}: use all or none")
+    return value == "all"
+
+
 def _print_distances(d, con) -> None:
     import numpy as np
 
@@ -759,45 +844,79 @@ def _print_distances(d, con) -> None:
     con.print(t)
 
 
+def _print_failures(per_cut, con) -> None:
+    """Failed (pair, cut) computations by reason: counts, and a few pairs of each."""
+    by_reason: dict[str, list[str]] = {}
+    for cut, failures in per_cut:
+        for f in failures:
+            by_reason.setdefault(f.reason or "no reason recorded", []).append(f"{cut} ({f.i}, {f.j})")
+    n = sum(len(v) for v in by_reason.values())
+    if not n:
+        return
+    con.print(f"[red]{n:,} pair computations failed[/red]: they count as no edge at their cut (shallower collisions "
+              f"still count); reasons (all of them in results.json):")
+    for reason, where in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))[:5]:
+        more = f" and {len(where) - 3} more" if len(where) > 3 else ""
+        con.print(f"  {len(where):,} x {escape(reason)}: {escape(', '.join(where[:3]))}{more}")
+
+
+def _distances_npz(out: Path, d, points) -> None:
+    import io
+
+    import numpy as np
+
+    from .report import atomic_write
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{c: d.by_cut[c].eps for c in d.cuts}, index_a=points.index_a, index_b=points.index_b)
+    try:
+        atomic_write(out / "distances.npz", lambda f: f.write(buf.getvalue()))
+    except FxverifyError as err:
+        raise FxverifyError(f"{err}; the distances are stored in {out / 'results.sqlite'}") from None
+
+
 @app.command()
-@user_errors
+@user_errors(stores=True)
 def distances(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
               time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after this many "
-                                                                   "seconds (pairs in flight are abandoned); "
+                                                                   "seconds (cuts in flight are abandoned); "
                                                                    "rerun to continue.")] = None,
               jobs: JobsOpt = None, executor: ExecutorOpt = "local", address: AddressOpt = None,
               solver_option: SolverOptionOpt = None, order: OrderOpt = "promise", n: NOpt = None,
-              cuts: CutsOpt = None, classes: ClassesOpt = None, norm: NormOpt = None) -> None:
+              cuts: CutsOpt = None, classes: ClassesOpt = None, norm: NormOpt = None,
+              witnesses: WitnessesOpt = "all") -> None:
     """Compute and store the budget of every cross-class pair at the spec's cuts (resumable)."""
     import numpy as np
 
+    from .analysis import export_witnesses, run_deadline
     from .executors import make_executor
     from .pipeline import compute_distances
 
+    started = _process_start()
+    keep = _witnesses(witnesses)
     run = _resolve(spec, solver, solver_option, n=n, cuts=cuts, classes=classes, norm=norm,
-                   time_budget=time_budget, order=order)
+                   time_budget=time_budget, order=order, exhaustive=True)
     net, points = _prepare(model, run)
     ex = make_executor(executor, jobs=jobs, address=address)
     out = out or _default_out(model, spec)
+    deadline = run_deadline(started, run.time_budget)
     with _progress() as report:
         d = compute_distances(net, points, run.spec.resolve_cuts(net), run.engine, out, progress=report,
-                              time_budget=run.time_budget, info={"spec": run.spec.to_dict()}, executor=ex,
-                              order=run.order, normalize=run.spec.normalize)
-    try:
-        np.savez_compressed(out / "distances.npz", **{c: d.by_cut[c].eps for c in d.cuts},
-                            index_a=points.index_a, index_b=points.index_b)
-    except OSError as err:
-        raise FxverifyError(f"cannot write {out / 'distances.npz'}: {err.strerror or err}; the distances are "
-                            f"stored in {out / 'results.sqlite'}") from None
+                              deadline=deadline, info={"spec": run.spec.to_dict()}, executor=ex, order=run.order,
+                              normalize=run.spec.normalize, witnesses=keep)
+    _distances_npz(out, d, points)
+    info = export_witnesses(net, run, points, out, grid=()) if keep else None
     con = _console()
     _print_distances(d, con)
-    con.print(f"stored in {escape(str(out))} (results.sqlite, distances.npz)"
+    _print_failures(((c, d.by_cut[c].failures) for c in d.cuts), con)
+    files = "results.sqlite, distances.npz" + (f", witnesses.npz ({info['count']:,} witnesses)" if info else "")
+    con.print(f"stored in {escape(str(out))} ({files})"
               + ("" if d.complete else "; [yellow]incomplete[/yellow]: rerun the same command to continue"))
 
 
 TimeBudgetOpt = Annotated[Optional[float], typer.Option("--time-budget", help="Stop after this many seconds "
-                                                         "(pairs in flight are abandoned); bounds use the pairs "
-                                                         "done. Default: the spec's time_budget.")]
+                                                         "(cuts in flight are abandoned); bounds use the results "
+                                                         "stored. Default: the spec's time_budget.")]
 
 
 def _print_bounds(a, con) -> None:
@@ -813,49 +932,55 @@ def _print_bounds(a, con) -> None:
     con.print(t)
 
 
-@app.command()
-@user_errors
-def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
-          time_budget: TimeBudgetOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
-          address: AddressOpt = None, solver_option: SolverOptionOpt = None, order: OrderOpt = "promise",
-          n: NOpt = None, eps: EpsOpt = None, cuts: CutsOpt = None, classes: ClassesOpt = None,
-          norm: NormOpt = None, exhaustive: ExhaustiveOpt = False) -> None:
-    """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
-    from .analysis import analyze
-    from .executors import make_executor
-    from .report import write_results
-
-    run = _resolve(spec, solver, solver_option, n=n, eps=eps, cuts=cuts, classes=classes, norm=norm,
-                   time_budget=time_budget, order=order, exhaustive=exhaustive)
-    net, points = _prepare(model, run)
-    ex = make_executor(executor, jobs=jobs, address=address)
-    out = out or _default_out(model, spec)
-    with _progress() as report:
-        a = analyze(net, run, points, out_dir=out, progress=report, executor=ex)
-    paths = write_results(a, out)
-    con = _console()
-    dom = "" if a.domain is None else f", domain [{a.domain[0]:g}, {a.domain[1]:g}]"
-    con.print(f"{escape(net.source.path)}: classes {a.classes[0]} vs {a.classes[1]}, {a.n_a} + {a.n_b} points "
-              f"({escape(points.origin)}), {run.norm.label} budget{dom}, solver profile {escape(a.profile.name)}")
-    _print_bounds(a, con)
+def _print_run_notes(a, run, con) -> None:
+    """What a bound run's table does not say: unavailable cuts, an incomplete run, skipped pairs."""
     if a.unavailable and run.spec.cuts is None:
         gone = ", ".join(c for c, _ in a.unavailable)
         con.print(f"[yellow]not computed[/yellow]: cuts {escape(gone)} ({escape(a.unavailable[0][1])})")
     if not a.complete:
-        done = min(c.pairs_done for c in a.cuts)
-        con.print(f"[yellow]incomplete[/yellow]: the time budget stopped the run after {done:,} of "
-                  f"{a.cuts[0].pairs_total:,} pairs; bounds count pairs not computed as no edge (still valid, "
-                  f"looser). Rerun the same command to continue.")
+        per = ", ".join(f"{c.cut} {c.pairs_done:,}" for c in a.cuts if c.pairs_done < c.pairs_total)
+        con.print(f"[yellow]incomplete[/yellow]: the time budget stopped the run; pairs done of "
+                  f"{a.cuts[0].pairs_total:,}: {per}. Pairs not computed at a cut keep the budgets of the cuts "
+                  f"that determine it (bounds still valid, looser). Rerun the same command to continue.")
     skipped = [c for c in a.cuts if c.pairs_skipped]
     if skipped:
         con.print("pair selection: skipped " + ", ".join(f"{c.cut} {c.pairs_skipped:,}" for c in skipped)
-                  + " pairs that by the descent/closed-form ratios measured in this run cannot change a bound "
-                    "(they keep the budgets of the cuts that determine them; --exhaustive computes every pair)")
+                  + " pairs that by the descent/closed-form ratios measured on earlier pairs cannot change a bound "
+                    "(they keep the budgets of the cuts that determine them)")
+
+
+@app.command()
+@user_errors(stores=True)
+def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt = None,
+          time_budget: TimeBudgetOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
+          address: AddressOpt = None, solver_option: SolverOptionOpt = None, order: OrderOpt = "promise",
+          n: NOpt = None, eps: EpsOpt = None, cuts: CutsOpt = None, classes: ClassesOpt = None,
+          norm: NormOpt = None, exhaustive: ExhaustiveOpt = False, select_pairs: SelectOpt = False,
+          witnesses: WitnessesOpt = "all") -> None:
+    """Lower bounds on the 0-1 and cross-entropy loss for every cut and budget of the spec."""
+    from .analysis import analyze, export_witnesses, run_deadline
+    from .executors import make_executor
+    from .report import write_results
+
+    started = _process_start()
+    keep = _witnesses(witnesses)
+    run = _resolve(spec, solver, solver_option, n=n, eps=eps, cuts=cuts, classes=classes, norm=norm,
+                   time_budget=time_budget, order=order, exhaustive=exhaustive, select_pairs=select_pairs)
+    net, points = _prepare(model, run)
+    ex = make_executor(executor, jobs=jobs, address=address)
+    out = out or _default_out(model, spec)
+    deadline = run_deadline(started, run.time_budget)
+    with _progress() as report:
+        a = analyze(net, run, points, out_dir=out, progress=report, executor=ex, deadline=deadline, witnesses=keep)
+    info = export_witnesses(net, run, points, out) if keep else None
+    paths = write_results(a, out, info) + ([out / info["file"]] if info else [])
+    con = _console()
+    con.print(f"{escape(net.source.path)}: classes {a.classes[0]} vs {a.classes[1]}, {a.n_a} + {a.n_b} points "
+              f"({escape(points.origin)}), {escape(a.threat_model.label)}, solver profile {escape(a.profile.name)}")
+    _print_bounds(a, con)
+    _print_run_notes(a, run, con)
     con.print("wrote " + ", ".join(escape(str(p)) for p in paths))
-    if a.pairs_failed:
-        failed = ", ".join(f"{c.cut} {c.pairs_failed}" for c in a.cuts if c.pairs_failed)
-        con.print(f"[red]{a.pairs_failed:,} pair computations failed[/red] ({failed}): they count as no edge "
-                  f"at their cut (shallower collisions still count); see results.json")
+    _print_failures(((c.cut, c.failures) for c in a.cuts), con)
 
 
 @app.command()

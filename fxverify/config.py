@@ -33,6 +33,9 @@ from .profiles import DEFAULT_PROFILE, SolverProfile, load_profile
 
 #: the exact method's profile when none is named
 DEFAULT_EXACT_PROFILE = "exact-scip"
+#: orders in which a run computes its pairs (:func:`fxverify.pipeline.promise_order`, or row by
+#: row); the order changes what a time budget covers, never a result
+ORDERS = ("promise", "file")
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +223,13 @@ def prepare_network(net: Network, normalize: tuple | None) -> Network:
         view = [1] * len(shape)
         view[axes[0]] = mean.size
         m, s = np.broadcast_to(mean.reshape(view), shape), np.broadcast_to(std.reshape(view), shape)
-    scale, offset = 1.0 / s.ravel(), -(m / s).ravel()
+    return fold_input_map(net, 1.0 / s.ravel(), -(m / s).ravel(),
+                          f"normalize mean {mean.tolist()} std {std.tolist()}")
+
+
+def fold_input_map(net: Network, scale: np.ndarray, offset: np.ndarray, desc: str) -> Network:
+    """The network fed ``scale * x + offset`` (per input value), folded into the linear maps
+    that read the input (and kept as the network's input map, for onnxruntime)."""
     nodes = []
     for n in net.nodes:
         if isinstance(n, Linear) and "input" in n.inputs:
@@ -234,7 +243,6 @@ def prepare_network(net: Network, normalize: tuple | None) -> Network:
                             f"normalisation into the linear maps that read the input")
         else:
             nodes.append(n)
-    desc = f"normalize mean {mean.tolist()} std {std.tolist()}"
     return replace(net, nodes=tuple(nodes), input_map=InputMap(scale, offset, desc))
 
 
@@ -249,6 +257,9 @@ class RunConfig:
     #: every descent to its local optimum (the reference); by default a descent stops when its
     #: next steps cannot cross a budget of the spec's grid
     exhaustive: bool = False
+    #: skip pairs that by the measured descent/closed-form ratios cannot change a bound (off by
+    #: default; never with ``exhaustive``)
+    select_pairs: bool = False
 
     @property
     def norm(self) -> Norm:
@@ -262,7 +273,7 @@ class RunConfig:
 
 def resolve_run(spec, *, solver: str | SolverProfile | None = None, solver_options: dict | None = None,
                 time_budget: float | None = None, order: str = "promise", exhaustive: bool = False,
-                **overrides) -> RunConfig:
+                select_pairs: bool = False, **overrides) -> RunConfig:
     """The spec (a Spec or a path) with overrides, its solver profile (``solver`` or the spec's)
     with ``solver_options``, its norm and domain, and the time budget (``time_budget`` or the
     spec's) -> a :class:`RunConfig`."""
@@ -280,11 +291,12 @@ def resolve_run(spec, *, solver: str | SolverProfile | None = None, solver_optio
     from .spec import check_time_budget
 
     time_budget = check_time_budget(time_budget, "time budget")
-    from .pipeline import ORDERS
-
     if order not in ORDERS:
         raise FxverifyError(f"unknown pair order {order!r}; orders: {', '.join(ORDERS)}")
-    return RunConfig(spec, engine, time_budget, order, bool(exhaustive))
+    if select_pairs and exhaustive:
+        raise FxverifyError("--select-pairs skips pairs by the grid; --exhaustive computes every pair to its local "
+                            "optimum: choose one")
+    return RunConfig(spec, engine, time_budget, order, bool(exhaustive), bool(select_pairs))
 
 
 __all__ = ["Availability", "Engine", "RunConfig", "apply_overrides", "prepare_network", "resolve_engine",

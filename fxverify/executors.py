@@ -1,38 +1,57 @@
-"""Where pair tasks run: in this process, in a pool of local processes, or on a Ray cluster.
+"""Where (pair, cut) tasks run: in this process, in a pool of local processes, or on a Ray cluster.
 
-A :class:`PairJob` says everything a worker needs (the model file and its sha256, the solver
-resolved engine, the two point sets, the cuts, the input normalisation); a task is a chunk of (i, j) pairs and its result the
-list of :class:`~fxverify.store.PairRow` for every pair and cut. Workers are stateless between
-tasks apart from a cached :class:`~fxverify.collision.Collider`, so a task that is lost (a dead
-worker) is simply run again and gives the same rows: executors yield identical results.
+A :class:`RunJob` says everything a worker needs and is sent to each worker once: the loaded
+network itself (pickled, so a run's start-up is one model load whatever ``--jobs`` is), the
+resolved engine, the two point sets and the grid. A :class:`PairTask` is one pair and the cuts
+to compute for it, in order, with the pair's results already stored at the cuts that determine
+them (their collisions, from the witnesses, are the descents' starts exactly as if computed in
+the same task); its :class:`TaskResult` has one :class:`~fxverify.results.PairRow` per cut that
+finished.
+Workers keep nothing between tasks but a :class:`~fxverify.collision.Collider` (plans, SVDs,
+the onnxruntime session), so a lost task is simply run again and gives the same rows:
+executors yield identical results.
+
+Tasks come from a *source* with ``next_task() -> PairTask | None`` (None: nothing can start
+now; the executor ends when nothing is in flight either). The consumer updates the source
+between the executor's yields (a task that finishes can make the next cut of its pair ready).
 
 BLAS runs on one thread per worker: the cone LPs are small, and threaded BLAS on them costs
 far more in contention than it gains (measured: 8x slower per LP with two threads on two
-cores while another process runs).
+cores while another process runs); it also changes rounding, so every executor and ``--jobs``
+computes with one BLAS thread and gives bit-identical results.
 
-``run(job, chunks, net=None, deadline=None)``: ``deadline`` (a :func:`time.monotonic` time) is
-hard. No task starts after it, and tasks still running at it are abandoned: the local pool is
-shut down with its queue cancelled and its workers terminated, Ray tasks are cancelled; only
-whole tasks that finished are yielded. The serial executor checks it between pairs (the pair
-it is on finishes). Local workers also end with their parent: each watches its parent process
-and exits when it is gone (``kill -9`` of the run leaves no orphans).
+``run(job, source, deadline=None)``: ``deadline`` (a :func:`time.monotonic` time) is hard for
+every executor. No task starts after it; every task gets it (as wall-clock time, so it holds on
+other machines), and a descent stops at it between LPs (each LP limited to the time left),
+returning the cuts it finished (the unfinished one is abandoned: not a result, recomputed by a
+resumed run). A task still running :data:`GRACE` seconds after the deadline is abandoned: the
+local pool's workers are terminated, Ray tasks cancelled, and the serial executor interrupts
+its own task (a timer signal, in the main thread). Local workers also end with their parent:
+each watches its parent process and exits when it is gone (``kill -9`` of the run leaves no
+orphans).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import secrets
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import FxverifyError
+from .results import CollisionStatus, PairRow
 
-Chunk = tuple[tuple[int, int], ...]
+#: seconds a task may run past the deadline to return the cuts it finished before it is abandoned
+GRACE = 1.0
 
 
 class ExecutorError(FxverifyError):
@@ -40,53 +59,60 @@ class ExecutorError(FxverifyError):
 
 
 @dataclass(frozen=True)
-class PairJob:
-    model_path: str
-    model_sha256: str
+class RunJob:
+    net: object  # fxverify.ir.Network, prepared (the spec's normalisation applied)
     engine: object  # fxverify.config.Engine (resolved: backends, norm, domain)
     X_a: np.ndarray = field(repr=False)
     X_b: np.ndarray = field(repr=False)
-    cuts: tuple[str, ...]
-    normalize: tuple | None = None  # the spec's input normalisation, applied to the loaded model
     grid: tuple[float, ...] | None = None  # budgets a descent may stop at (None: exhaustive)
+    key: str = field(default_factory=lambda: secrets.token_hex(8))  # identifies the job in worker caches
+    #: the run's cut plans as far as the run has prepared them (row spaces: SVDs of the first
+    #: linear map), so that no worker computes them again
+    plans: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class PairTask:
+    i: int
+    j: int
+    cuts: tuple[str, ...]
+    known: tuple[PairRow, ...] = ()  # the pair's stored results at cuts that determine ``cuts``
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: PairTask
+    rows: tuple[PairRow, ...]  # one per cut of the task that finished (a timed-out one is left out)
 
 
 class _Worker:
-    """The per-process state of a worker: the model and a collider, built once per job."""
+    """The per-process state of a worker: the job's network and a collider, built once."""
 
-    def __init__(self, job: PairJob, net=None) -> None:
+    def __init__(self, job: RunJob) -> None:
         from .collision import Collider
-        from .onnx_import import load_model
 
-        if net is None:
-            from .config import prepare_network
-
-            net = load_model(job.model_path)
-            if net.source.sha256 != job.model_sha256:
-                raise ExecutorError(f"{job.model_path} changed while the run was going on (sha256 differs)")
-            net = prepare_network(net, job.normalize)
         self.job = job
-        self.collider = Collider(net, job.engine)
+        self.collider = Collider(job.net, job.engine, plans=job.plans)
 
-    def run(self, chunk: Chunk, deadline: float | None = None):
-        """Rows of every pair of ``chunk`` at its cuts (an item (i, j): every cut of the job;
-        (i, j, cuts): those); with a ``deadline``, only the pairs started before it (each pair
-        whole)."""
-        from .store import PairRow
-
-        rows = []
-        for item in chunk:
-            if _past(deadline):
-                break
-            i, j = item[0], item[1]
-            cuts = tuple(item[2]) if len(item) > 2 else self.job.cuts
-            res = self.collider.collide_cuts(self.job.X_a[i], self.job.X_b[j], cuts, grid=self.job.grid)
-            rows.extend(PairRow.of(res[c], i, j) for c in cuts)
-        return rows
+    def run(self, task: PairTask, wall_deadline: float | None = None) -> TaskResult:
+        """Rows of the task's cuts that finished (a cut still running at the deadline, and the
+        cuts after it, are left out)."""
+        i, j = task.i, task.j
+        u, v = self.job.X_a[i], self.job.X_b[j]
+        deadline = None if wall_deadline is None else time.monotonic() + (wall_deadline - time.time())
+        known = {r.cut: r.collision(u, v) for r in task.known}
+        res = self.collider.collide_cuts(u, v, task.cuts, grid=self.job.grid, deadline=deadline, known=known)
+        return TaskResult(task, tuple(PairRow.of(res[c], i, j, u, v) for c in task.cuts
+                                      if res[c].status is not CollisionStatus.TIMED_OUT))
 
 
 def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
+
+
+def _wall(deadline: float | None) -> float | None:
+    """A :func:`time.monotonic` deadline as wall-clock time (what workers elsewhere can read)."""
+    return None if deadline is None else time.time() + (deadline - time.monotonic())
 
 
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
@@ -108,32 +134,51 @@ def _one_blas_thread():
     return threadpool_limits(limits=1)
 
 
-def _in_flight(chunks: Iterable[Chunk], limit: int, submit, wait_one, cancel=None, deadline: float | None = None,
-               abandoned: list | None = None) -> Iterator:
-    """Keep at most ``limit`` tasks in flight (so stopping early wastes little); yield each task
-    handle as it finishes. ``wait_one(pending, timeout) -> (done, pending)`` (``timeout``
-    seconds, None: no limit). Past ``deadline`` no task is submitted and the handles still
-    pending are given up. ``cancel`` runs on the handles still pending when this stops (the
-    deadline, or the consumer stops); they are also appended to ``abandoned``."""
-    chunks = iter(chunks)
+def _in_flight(source, limit: int, submit, wait_one, deadline: float | None, abandoned: list) -> Iterator:
+    """Keep at most ``limit`` tasks from ``source`` in flight (so stopping early wastes little);
+    yield each task handle as it finishes. ``wait_one(pending, timeout) -> (done, pending)``
+    (``timeout`` seconds, None: no limit). From ``deadline`` on no task is submitted; tasks still
+    pending :data:`GRACE` seconds later are given up (appended to ``abandoned``, also when the
+    consumer stops early)."""
     pending: list = []
     try:
         while True:
-            while len(pending) < limit and not _past(deadline) and (chunk := next(chunks, None)) is not None:
-                pending.append(submit(chunk))
+            while len(pending) < limit and not _past(deadline) and (task := source.next_task()) is not None:
+                pending.append(submit(task))
             if not pending:
                 return
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, pending = wait_one(pending, timeout)
+            end = None if deadline is None else deadline + (GRACE if _past(deadline) else 0.0)
+            done, pending = wait_one(pending, None if end is None else max(0.0, end - time.monotonic()))
             yield from done
-            if not done and _past(deadline):
+            if deadline is not None and _past(deadline + GRACE):
                 return
     finally:
-        if abandoned is not None:
-            abandoned.extend(pending)
-        if cancel is not None:
-            for h in pending:
-                cancel(h)
+        abandoned.extend(pending)
+
+
+class _Overrun(BaseException):
+    """A serial task ran :data:`GRACE` seconds past the deadline (raised by a timer signal; a
+    BaseException so that no library code catches it as an error)."""
+
+
+@contextlib.contextmanager
+def _alarm(at: float | None):
+    """Raise :class:`_Overrun` in this thread at the :func:`time.monotonic` time ``at`` (main
+    thread only: elsewhere the deadline is only cooperative)."""
+    if at is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ring(signum, frame):
+        raise _Overrun()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(1e-3, at - time.monotonic()))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class SerialExecutor:
@@ -142,16 +187,16 @@ class SerialExecutor:
     name = "serial"
     workers = 1
 
-    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None, deadline: float | None = None) -> Iterator[list]:
-        """``net``: the loaded model, when the caller has it (saves loading it again)."""
-        worker = _Worker(job, net)
+    def run(self, job: RunJob, source, deadline: float | None = None) -> Iterator[TaskResult]:
+        worker = _Worker(job)
         with _one_blas_thread():
-            for chunk in chunks:
-                if _past(deadline):
-                    return
-                rows = worker.run(chunk, deadline)
-                if rows:
-                    yield rows
+            while not _past(deadline) and (task := source.next_task()) is not None:
+                try:
+                    with _alarm(None if deadline is None else deadline + GRACE):
+                        result = worker.run(task, _wall(deadline))
+                except _Overrun:
+                    return  # the task is abandoned; what it finished is lost with it
+                yield result
 
 
 # -- local process pool ------------------------------------------------------------------
@@ -189,7 +234,7 @@ def _own_resource_tracker() -> None:
     sys.warnoptions.append("ignore::UserWarning")  # the flags that tracker process starts with
 
 
-def _init_process(job: PairJob, parent: int) -> None:
+def _init_process(job_file: str, parent: int) -> None:
     global _PROCESS_WORKER, _PROCESS_LIMITER  # per worker process, set once by the pool
     threading.Thread(target=_watch_parent, args=(parent,), name="fxverify-parent-watch", daemon=True).start()
     _own_resource_tracker()
@@ -198,28 +243,47 @@ def _init_process(job: PairJob, parent: int) -> None:
     for var in _THREAD_ENV:  # this worker process only, before its libraries start threads
         os.environ[var] = "1"
     _PROCESS_LIMITER = _one_blas_thread()
-    _PROCESS_WORKER = _Worker(job)
+    with open(job_file, "rb") as f:
+        _PROCESS_WORKER = _Worker(pickle.load(f))
 
 
-def _run_process(chunk: Chunk):
+def _run_process(task: PairTask, wall_deadline: float | None):
     assert _PROCESS_WORKER is not None
-    return _PROCESS_WORKER.run(chunk)
+    return _PROCESS_WORKER.run(task, wall_deadline)
+
+
+def _job_file(job: RunJob) -> str:
+    """The pickled job in a private temporary file: workers read it when they start, so
+    starting one (spawn writes its arguments into a pipe the child drains only once its imports
+    are done) never blocks this process, and a deadline can end the run while workers boot."""
+    fd, path = tempfile.mkstemp(prefix="fxverify-job-", suffix=".pickle")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise ExecutorError(f"cannot write the workers' job file {path}: {err.strerror or err}") from None
+    return path
 
 
 class ProcessExecutor:
-    """A pool of local worker processes (spawned, so nothing is inherited by accident)."""
+    """A pool of local worker processes (spawned, so nothing is inherited by accident); each
+    receives the run's job, with its loaded network, once."""
 
     name = "local"
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or len(os.sched_getaffinity(0)))
 
-    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None, deadline: float | None = None) -> Iterator[list]:
+    def run(self, job: RunJob, source, deadline: float | None = None) -> Iterator[TaskResult]:
         import concurrent.futures as cf
         import multiprocessing as mp
 
+        path = _job_file(job)
         pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_process,
-                                      initargs=(job, os.getpid()))
+                                      initargs=(path, os.getpid()))
+        wall = _wall(deadline)
         abandoned: list = []
         finished = False
         try:
@@ -227,8 +291,8 @@ class ProcessExecutor:
                 done, rest = cf.wait(pending, timeout=timeout, return_when=cf.FIRST_COMPLETED)
                 return list(done), list(rest)
 
-            for f in _in_flight(chunks, 2 * self.workers, lambda c: pool.submit(_run_process, c), wait_one,
-                                cancel=lambda f: f.cancel(), deadline=deadline, abandoned=abandoned):
+            for f in _in_flight(source, 2 * self.workers, lambda t: pool.submit(_run_process, t, wall), wait_one,
+                                deadline, abandoned):
                 try:
                     yield f.result()
                 except cf.process.BrokenProcessPool as err:
@@ -236,12 +300,14 @@ class ProcessExecutor:
             finished = not abandoned
         finally:
             _stop_pool(pool, wait=finished)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _stop_pool(pool, wait: bool) -> None:
     """Shut the pool down: when its work is done, wait for the idle workers to exit; else
     (deadline, error, interrupt) cancel the queue and terminate the workers now, so no task
-    in flight outlives the run (its rows are never stored: a pair is stored whole or not)."""
+    in flight outlives the run (what it had not returned is never stored)."""
     if wait:
         pool.shutdown(wait=True)
         return
@@ -278,38 +344,46 @@ class RayExecutor:
     def workers(self) -> int:
         return self._workers or 1
 
-    def run(self, job: PairJob, chunks: Iterable[Chunk], net=None, deadline: float | None = None) -> Iterator[list]:
+    def run(self, job: RunJob, source, deadline: float | None = None) -> Iterator[TaskResult]:
         try:
             import ray
         except ImportError:
             raise ExecutorError("the ray executor needs Ray: pip install 'fxverify[ray]'") from None
         started_here = not ray.is_initialized()
         if started_here:
-            try:
-                if self.address:
-                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                             runtime_env=self.runtime_env)
-                else:
-                    ray.init(num_cpus=self._workers, include_dashboard=False, log_to_driver=False,
-                             runtime_env=self.runtime_env)
-            except Exception as err:  # ray raises many types; report which address failed
-                raise ExecutorError(f"cannot start or reach Ray at {self.address or 'a local instance'}: "
-                                    f"{type(err).__name__}: {err}") from None
+            self._start(ray)
+        abandoned: list = []
         try:
             self._workers = self._workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             job_ref = ray.put(job)
             task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_ray_task)
-            for ref in _in_flight(chunks, 2 * self.workers, lambda c: task.remote(job_ref, c),
+            wall = _wall(deadline)
+            for ref in _in_flight(source, 2 * self.workers, lambda t: task.remote(job_ref, t, wall),
                                   lambda pending, timeout: ray.wait(pending, num_returns=1, timeout=timeout),
-                                  cancel=lambda r: ray.cancel(r, force=True), deadline=deadline):
+                                  deadline, abandoned):
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as err:
                     raise ExecutorError(f"a Ray task failed after {self.max_retries} retries: "
                                         f"{type(err).__name__}") from None
         finally:
+            for ref in abandoned:
+                with contextlib.suppress(Exception):  # already finished or gone
+                    ray.cancel(ref, force=True)
             if started_here:
                 ray.shutdown()
+
+    def _start(self, ray) -> None:
+        try:
+            if self.address:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         runtime_env=self.runtime_env)
+            else:
+                ray.init(num_cpus=self._workers, include_dashboard=False, log_to_driver=False,
+                         runtime_env=self.runtime_env)
+        except Exception as err:  # ray raises many types; report which address failed
+            raise ExecutorError(f"cannot start or reach Ray at {self.address or 'a local instance'}: "
+                                f"{type(err).__name__}: {err}") from None
 
 
 _RAY_WORKERS: dict[str, _Worker] = {}
@@ -319,7 +393,7 @@ _RAY_WORKERS: dict[str, _Worker] = {}
 KILL_ONCE_ENV = "FXVERIFY_TEST_KILL_WORKER_ONCE"
 
 
-def _ray_task(job: PairJob, chunk: Chunk):
+def _ray_task(job: RunJob, task: PairTask, wall_deadline: float | None):
     marker = os.environ.get(KILL_ONCE_ENV)
     if marker:
         try:
@@ -329,15 +403,12 @@ def _ray_task(job: PairJob, chunk: Chunk):
         else:
             os.close(fd)
             os._exit(1)  # the worker dies mid-task, as on a lost node
-    worker = _RAY_WORKERS.get(job.model_sha256)
-    if worker is None or worker.job.engine.describe() != job.engine.describe() \
-            or worker.job.normalize != job.normalize or worker.job.grid != job.grid or worker.job.cuts != job.cuts \
-            or not np.array_equal(worker.job.X_a, job.X_a) or not np.array_equal(worker.job.X_b, job.X_b):
+    worker = _RAY_WORKERS.get(job.key)
+    if worker is None:
         _RAY_WORKERS.clear()
-        worker = _Worker(job)
-        _RAY_WORKERS[job.model_sha256] = worker
+        worker = _RAY_WORKERS[job.key] = _Worker(job)
     with _one_blas_thread():
-        return worker.run(chunk)
+        return worker.run(task, wall_deadline)
 
 
 def make_executor(kind: str = "local", *, jobs: int | None = None, address: str | None = None):

@@ -1,185 +1,80 @@
-"""Per-pair collision budgets for every cross-class pair at every requested cut.
+"""Per-(pair, cut) collision budgets for every cross-class pair at every requested cut.
+
+Data flows one way: resolved configuration -> a :class:`RunPlan` (which cuts have a closed
+form, which are computed pair by pair, what determines what) -> tasks -> per-(pair, cut)
+results in the store -> :class:`~fxverify.results.Distances` (what the bounds use).
 
 ``compute_distances`` fills the result store of a run directory and returns, per cut, the
-n_a x n_b matrix of verified budgets (``inf`` where no verified collision exists). Input and
-affine cuts are computed for all pairs at once in closed form; ReLU cuts pair by pair, each
-pair walking the cuts in network order so that every cut starts from the previous one's
-collision. Pairs already in the store are not recomputed.
+n_a x n_b matrix of verified budgets (``inf`` where no verified collision exists):
+
+* **closed-form cuts** (the input, affine cuts under l2 without a domain): every pair at once;
+  every edge (every pair at most the grid's largest budget apart; every pair without a grid)
+  has its collision constructed and verified, in batches, like any other collision;
+* **paired cuts**: one task per (pair, cut), stored as soon as it is found. A cut of a pair is
+  ready once the pair's results at the paired cuts that determine it are stored (its descent
+  starts from, and keeps, their collisions, read back exactly from their witnesses), so a
+  slow deep cut never holds back the shallower cuts of other pairs: ready tasks go shallow
+  cuts first (with ``witnesses=False`` pair by pair, since those collisions are then only
+  kept in memory until the pair's deeper cuts have started).
+
+Results never depend on timing or on the order tasks finish in: a cut whose computation the
+deadline interrupts is abandoned (not stored; a resumed run computes it, from the same stored
+starts), every executor computes with one BLAS thread, and the optional pair selection decides
+each block of pairs from the results of the blocks before it only.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .collision import Collider
-from .collision.affine import all_pairs_eps, closed_form, residual_bound
-from .collision.verify import IR_TOLERANCE
+from .collision.affine import all_pairs_eps, closed_form, row_space
+from .collision.verify import Verdicts
+from .config import ORDERS
 from .data import Points
 from .errors import FxverifyError
+from .executors import PairTask, RunJob, TaskResult, make_executor
 from .ir import Network
-from .results import CollisionStatus
-from .store import PairRow, ResultStore, fingerprint
-
-#: pairs of a closed-form cut re-verified one by one (onnxruntime included) when it is computed
-CLOSED_FORM_SAMPLE = 8
+from .results import CollisionStatus, CutDistances, Distances, Failure, PairRow
+from .store import ResultStore, RunSettings
 
 Progress = Callable[[str, int, int], None]
 
-
-@dataclass(frozen=True)
-class CutDistances:
-    """Budgets at one cut. ``eps[i, j]`` is the verified budget of pair (a_i, b_j), inf if none."""
-
-    cut: str
-    eps: np.ndarray = field(repr=False)
-    computed: np.ndarray = field(repr=False)  # pairs the method has run on
-    n_found: int
-    n_failed: int
-    n_not_applicable: int
-    method: str
-    seconds: float
-    message: str = ""
-    n_skipped: int = 0  # counted in n_done: decided, not computed (see PairSelector)
-
-    @property
-    def n_pairs(self) -> int:
-        return self.eps.size
-
-    @property
-    def n_done(self) -> int:
-        return int(self.computed.sum())
-
-    @property
-    def complete(self) -> bool:
-        return self.n_done == self.n_pairs
+#: closed-form collisions constructed and verified per batch
+VERIFY_BATCH = 2048
 
 
 @dataclass(frozen=True)
-class Distances:
+class RunPlan:
+    """What a run computes. ``needs[c]``: the paired cuts of the run that determine the paired
+    cut ``c`` (its descent starts from their collisions, so they are computed first)."""
+
     cuts: tuple[str, ...]
-    by_cut: dict[str, CutDistances]
+    closed: tuple[str, ...]
+    paired: tuple[str, ...]
+    needs: dict[str, tuple[str, ...]]
     n_a: int
     n_b: int
+    dim: int  # the input dimension (of the witnesses)
 
-    @property
-    def complete(self) -> bool:
-        return all(c.complete for c in self.by_cut.values())
-
-
-def _closed_form(collider: Collider, points: Points, cut: str, store: ResultStore) -> None:
-    t0 = time.perf_counter()
-    ch = collider.plan(cut)
-    eps = all_pairs_eps(ch, points.X_a, points.X_b)
-    message = ""
-    # a proof for every pair: the singular values the projection drops leave at most this
-    # much feature difference (|u - v| <= max|a| + max|b|)
-    span = np.linalg.norm(points.X_a, axis=1).max(initial=0) + np.linalg.norm(points.X_b, axis=1).max(initial=0)
-    bound = residual_bound(ch, float(span))
-    ok = bound <= IR_TOLERANCE
-    if not ok:
-        message = f"the closed form leaves feature differences up to {bound:.3g} (> {IR_TOLERANCE:g})"
-    # onnxruntime and the IR on a fixed sample of pairs
-    rng = np.random.default_rng(0)
-    flat = rng.choice(eps.size, size=min(CLOSED_FORM_SAMPLE, eps.size), replace=False)
-    for f in flat:
-        i, j = divmod(int(f), eps.shape[1])
-        c = collider.collide(cut, points.X_a[i], points.X_b[j])
-        if c.status is not CollisionStatus.FOUND or not math.isclose(c.eps, eps[i, j], rel_tol=1e-9, abs_tol=1e-12):
-            ok = False
-            message = f"pair ({i}, {j}) failed re-verification: {c.message or c.status.value}"
-            break
-    if not ok:
-        eps = np.full_like(eps, np.inf)
-    store.add_matrix(cut, eps, "closed_form", time.perf_counter() - t0,
-                     message or f"closed form; {len(flat)} pairs re-verified in onnxruntime")
+    @staticmethod
+    def of(collider: Collider, cuts, n_a: int, n_b: int) -> RunPlan:
+        net = collider.net
+        cuts = tuple(c for c in net.cuts if c in cuts)
+        closed = tuple(c for c in cuts if closed_form(collider.plan(c)))
+        paired = tuple(c for c in cuts if c not in closed)
+        needs = {c: tuple(d for d in net.dominators(c)[:-1] if d in paired) for c in paired}
+        return RunPlan(cuts, closed, paired, needs, n_a, n_b, net.input_dim)
 
 
-class PairSelector:
-    """Bound-driven pair selection: which pairs a grid-limited run still needs to compute.
-
-    A pair's budget at a cut matters only at grid values where the bounds are not yet at their
-    largest possible values (*saturated*: a matching covering the smaller class, and the
-    cross-entropy optimum of the complete graph). The edges known so far (the computed pairs
-    and, for every pair, the collision of the closed-form cut that determines the cut) give,
-    per cut, the largest unsaturated grid value g*. A pair is skipped when at every paired cut
-    even the smallest ratio of descent budget to closed-form budget seen so far (over at least
-    :attr:`min_observed` computed pairs; pairs run in promise order, so these are near pairs)
-    would leave it above g*. Skipping is sound (any subset of the edges gives valid bounds);
-    how much it loosens the bounds is measured against ``--exhaustive`` runs."""
-
-    min_observed: int = 200
-    #: the saturation check is redone after this many newly observed pairs
-    refresh: int = 1000
-
-    def __init__(self, grid, upper: dict[str, np.ndarray], counted: set[str] | None = None) -> None:
-        """``upper``: per paired cut, the closed-form budgets of the cut that determines it
-        (upper bounds there); ``counted``: the paired cuts whose bounds take those closed-form
-        edges (their closed-form cut is computed in the run; default all)."""
-        from .bounds import lower_bounds
-
-        self.grid = tuple(sorted(float(g) for g in grid))
-        self.cuts = tuple(upper)
-        self.upper = {c: np.asarray(m, dtype=float) for c, m in upper.items()}
-        n_a, n_b = next(iter(self.upper.values())).shape
-        top = lower_bounds(np.zeros((n_a, n_b)), [max(self.grid)])[0]
-        self._max01, self._maxce = top.loss01_lower, top.ce_lower
-        # the edges the run's bounds will have: computed pairs, and the closed forms they count
-        self.eps = {c: m.copy() if counted is None or c in counted else np.full_like(m, np.inf)
-                    for c, m in self.upper.items()}
-        self.ratio_min = {c: np.inf for c in self.cuts}
-        self.observed = 0
-        self._since = 0
-        self.g_star = {c: max(self.grid) for c in self.cuts}
-
-    def observe(self, rows) -> None:
-        seen = set()
-        for r in rows:
-            if r.cut not in self.eps or r.status != CollisionStatus.FOUND.value:
-                continue
-            u = self.upper[r.cut][r.i, r.j]
-            self.eps[r.cut][r.i, r.j] = min(self.eps[r.cut][r.i, r.j], r.eps)
-            if u > 0 and math.isfinite(u):
-                self.ratio_min[r.cut] = min(self.ratio_min[r.cut], r.eps / u)
-            seen.add((r.i, r.j))
-        self.observed += len(seen)
-        self._since += len(seen)
-        if self._since >= self.refresh:
-            self.saturation()
-
-    def saturation(self) -> None:
-        """Recompute, per cut, the largest grid value whose bounds are not yet saturated."""
-        from .bounds import lower_bounds
-
-        self._since = 0
-        for c in self.cuts:
-            recs = lower_bounds(self.eps[c], self.grid)
-            open_ = [r.eps for r in recs if r.eps > 0 and not (r.loss01_lower >= self._max01 - 1e-12
-                                                               and r.ce_lower >= self._maxce - 1e-9)]
-            self.g_star[c] = max(open_) if open_ else None
-
-    def wanted(self, i: int, j: int) -> tuple[str, ...]:
-        """The cuts at which the pair may still change a bound (all until enough are observed)."""
-        if self.observed < self.min_observed:
-            return self.cuts
-        return tuple(c for c in self.cuts if self.g_star[c] is not None
-                     and self.ratio_min[c] * self.upper[c][i, j] <= self.g_star[c])
-
-
-#: orders in which the descent pairs can be computed (see :func:`compute_distances`)
-ORDERS = ("promise", "file")
-
-#: pairs per task sent to a worker (small: a stop after the time budget wastes little); fewer
-#: when there are few pairs, so that every worker gets some
-CHUNK = 4
-
-
+# ---- ordering ---------------------------------------------------------------------------------
 def promise_order(eps: np.ndarray, pairs=None) -> list[tuple[int, int]]:
     """Pairs in the order a budget-limited run should compute them: most promising first.
 
@@ -221,7 +116,7 @@ def _closed_form_budgets(collider: Collider, points: Points, cut: str,
     """The closed-form budgets at ``cut`` and whether they are the run's verified ones (from
     ``store``; else computed here, unverified)."""
     stored = store.matrix(cut, (len(points.X_a), len(points.X_b))) if store is not None else None
-    if stored is not None and np.isfinite(stored[0]).all():
+    if stored is not None:
         return stored[0], True
     return all_pairs_eps(collider.plan(cut), points.X_a, points.X_b), False
 
@@ -233,159 +128,397 @@ def promise_budgets(collider: Collider, points: Points, first_paired: str,
     return _closed_form_budgets(collider, points, promise_cut(collider, first_paired), store)[0]
 
 
-def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engine,
-                      out_dir, *, progress: Progress | None = None, time_budget: float | None = None,
-                      info: dict | None = None, executor=None, order: str = "promise",
-                      normalize=None, grid=None) -> Distances:
+# ---- closed-form cuts ---------------------------------------------------------------------------
+def _closed_collisions(collider: Collider, cut: str, U: np.ndarray, V: np.ndarray):
+    """The closed-form collisions of the pairs (U[k], V[k]): the midpoint at the input cut,
+    (u + d/2, v - d/2) with d the row-space part of v - u at an affine cut; each point moved to
+    where its difference from its pair's point reproduces it exactly (as in the descent's)."""
+    plan = collider.plan(cut)
+    if plan.kind == "identity":
+        Ua = Va = (U + V) / 2.0
+    else:
+        B = row_space(plan).V
+        D = ((V - U) @ B) @ B.T / 2.0
+        Ua, Va = U + D, V - D
+    return _reachable(U, Ua), _reachable(V, Va)
+
+
+def _reachable(base: np.ndarray, X: np.ndarray) -> np.ndarray:
+    for _ in range(4):
+        Y = base + (X - base)
+        if np.array_equal(Y, X):
+            break
+        X = Y
+    return X
+
+
+def _verify_closed(collider: Collider, points: Points, cut: str, eps: np.ndarray, limit: float | None,
+                   witnesses: list | None) -> tuple[np.ndarray, int, int]:
+    """``eps`` with every pair whose collision fails verification set to inf; only the pairs
+    with eps <= ``limit`` (every pair when None) are edges anywhere, so only those are checked.
+    Their witnesses are appended to ``witnesses`` (when not None). Returns (eps, checked, failed)."""
+    eps = eps.copy()
+    ii, jj = np.nonzero(np.isfinite(eps) if limit is None else eps <= limit)
+    failed = 0
+    for k in range(0, ii.size, VERIFY_BATCH):
+        bi, bj = ii[k:k + VERIFY_BATCH], jj[k:k + VERIFY_BATCH]
+        U, V = points.X_a[bi], points.X_b[bj]
+        Ua, Va = _closed_collisions(collider, cut, U, V)
+        verdicts: Verdicts = collider.verifier.check_many(cut, U, V, Ua, Va)
+        bad = ~verdicts.ok
+        eps[bi[bad], bj[bad]] = np.inf
+        failed += int(bad.sum())
+        if witnesses is not None:
+            witnesses.extend((cut, int(i), int(j), Ua[n] - U[n], Va[n] - V[n])
+                             for n, (i, j) in enumerate(zip(bi, bj)) if verdicts.ok[n])
+    return eps, int(ii.size), failed
+
+
+def _closed_form(collider: Collider, points: Points, cut: str, store: ResultStore, limit: float | None,
+                 witnesses: bool) -> None:
+    t0 = time.perf_counter()
+    eps = all_pairs_eps(collider.plan(cut), points.X_a, points.X_b)
+    kept: list | None = [] if witnesses else None
+    eps, checked, failed = _verify_closed(collider, points, cut, eps, limit, kept)
+    scope = "every pair" if limit is None else f"every pair with eps <= {limit:g}"
+    message = f"closed form; {scope} ({checked}) constructed and verified in the IR and onnxruntime" + \
+        (f"; {failed} failed verification (no edge)" if failed else "")
+    store.add_witnesses(kept or [])
+    store.add_matrix(cut, eps, "closed_form", time.perf_counter() - t0, message)
+
+
+# ---- pair selection (optional) --------------------------------------------------------------------
+class PairSelector:
+    """Bound-driven pair selection (``select_pairs``, off by default): which pairs a grid-limited
+    run still needs to compute.
+
+    A pair's budget at a cut matters only at grid values where the bounds are not yet at their
+    largest possible values (*saturated*: a matching covering the smaller class, and the
+    cross-entropy optimum of the complete graph). Pairs are decided in blocks of the promise
+    order (:attr:`first_block` pairs, then :attr:`block`), each block from the results of the
+    blocks before it only (all finished first), so the decisions never depend on timing, on
+    ``--jobs`` or on a resume. From those results and every pair's closed-form budget at the cut
+    that determines a paired cut, the largest unsaturated grid value g* per cut follows; a pair
+    is skipped at a cut when even the smallest ratio of descent budget to closed-form budget seen
+    would leave it above g*. Skipping is sound (any subset of the edges gives valid bounds); how
+    much it loosens the bounds is measured against exhaustive runs."""
+
+    first_block: int = 200
+    block: int = 1000
+
+    def __init__(self, grid, upper: dict[str, np.ndarray], counted: set[str] | None = None) -> None:
+        """``upper``: per paired cut, the closed-form budgets of the cut that determines it
+        (upper bounds there); ``counted``: the paired cuts whose bounds take those closed-form
+        edges (their closed-form cut is computed in the run; default all)."""
+        from .bounds import lower_bounds
+
+        self.grid = tuple(sorted(float(g) for g in grid))
+        self.cuts = tuple(upper)
+        self.upper = {c: np.asarray(m, dtype=float) for c, m in upper.items()}
+        n_a, n_b = next(iter(self.upper.values())).shape
+        top = lower_bounds(np.zeros((n_a, n_b)), [max(self.grid)])[0]
+        self._max01, self._maxce = top.loss01_lower, top.ce_lower
+        self.counted = set(self.cuts) if counted is None else set(counted)
+        self.g_star: dict[str, float | None] = {c: max(self.grid) for c in self.cuts}
+        self.ratio_min = {c: np.inf for c in self.cuts}
+        self.observed = 0
+
+    def blocks(self, n: int):
+        """(start, end) of each block of the promise order over ``n`` pairs."""
+        start, end = 0, min(n, self.first_block)
+        while start < n:
+            yield start, end
+            start, end = end, min(n, end + self.block)
+
+    def decide(self, found: dict[str, list[tuple[int, int, float]]], n_observed: int) -> None:
+        """Set the rule from the found results (cut -> (i, j, eps)) of ``n_observed`` pairs."""
+        from .bounds import lower_bounds
+
+        self.observed = n_observed
+        for c in self.cuts:
+            known = self.upper[c].copy() if c in self.counted else np.full_like(self.upper[c], np.inf)
+            ratio = np.inf
+            for i, j, e in found.get(c, ()):
+                known[i, j] = min(known[i, j], e)
+                u = self.upper[c][i, j]
+                if u > 0 and math.isfinite(u):
+                    ratio = min(ratio, e / u)
+            self.ratio_min[c] = ratio
+            recs = lower_bounds(known, self.grid)
+            open_ = [r.eps for r in recs if r.eps > 0 and not (r.loss01_lower >= self._max01 - 1e-12
+                                                               and r.ce_lower >= self._maxce - 1e-9)]
+            self.g_star[c] = max(open_) if open_ else None
+
+    def wanted(self, i: int, j: int) -> tuple[str, ...]:
+        """The cuts at which the pair may still change a bound (all until enough are observed)."""
+        if self.observed < self.first_block:
+            return self.cuts
+        return tuple(c for c in self.cuts if self.g_star[c] is not None
+                     and self.ratio_min[c] * self.upper[c][i, j] <= self.g_star[c])
+
+
+def _skip_row(cut: str, i: int, j: int, engine) -> PairRow:
+    return PairRow(cut, i, j, math.inf, CollisionStatus.SKIPPED.value, engine.method, engine.name, 0.0, math.nan,
+                   math.nan, 0, "skipped: by the run's pair selection it cannot change a bound")
+
+
+# ---- the tasks of the paired cuts -----------------------------------------------------------------
+class TaskSource:
+    """Hands out the (pair, cut) tasks of a run as they become ready, in a fixed priority order.
+
+    A cut of a pair is ready once the pair's results at every paired cut that determines it
+    are stored (or came back in this run). Ready tasks go by (cut depth, promise rank) when the
+    witnesses are stored (shallow cuts of every pair first; a deeper task reads its starts back
+    from the store), else by (promise rank, cut depth) (a pair's collisions are kept in memory
+    only until its last task has started). A determining result without its witness is
+    computed again in the task (identically). The consumer calls :meth:`complete` with every
+    row that comes back, and stores :meth:`take_rows` (the pair selection's skipped rows)."""
+
+    def __init__(self, plan: RunPlan, order: list[tuple[int, int]], store: ResultStore, engine, witnesses: bool,
+                 selector: PairSelector | None = None) -> None:
+        self.plan, self.store, self.engine, self.witnesses = plan, store, engine, witnesses
+        self.order = order
+        self.rank = {p: k for k, p in enumerate(order)}
+        self.level = {c: k for k, c in enumerate(plan.paired)}
+        self.rows: dict[tuple[int, int], dict[str, PairRow]] = {}  # results of this run and stored ones
+        for c in plan.paired:
+            for r in store.pair_rows(c, (plan.n_a, plan.n_b)):
+                self.rows.setdefault((r.i, r.j), {})[c] = r
+        self.memory: dict[tuple[int, int], dict[str, PairRow]] = {}  # witnesses kept when not stored
+        self.heap: list = []
+        self.queued: set[tuple[int, int, str]] = set()
+        self.in_flight: dict[tuple[int, int], int] = {}
+        self.abandoned: set[tuple[int, int, str]] = set()  # timed out: computed by a resumed run
+        self.skips: list[PairRow] = []
+        self.selector = selector
+        self.blocks = list(selector.blocks(len(order))) if selector is not None else [(0, len(order))]
+        self.opened = 0  # pairs [0, opened) of the order are open
+        self._next_block = 0
+        self.total = len(order) * len(plan.paired)
+
+    @property
+    def done(self) -> int:
+        return sum(len(v) for v in self.rows.values())
+
+    def _key(self, p, c):
+        r, lv = self.rank[p], self.level[c]
+        return (lv, r) if self.witnesses else (r, lv)
+
+    def _push_ready(self, p: tuple[int, int]) -> None:
+        have = self.rows.get(p, {})
+        for c in self.plan.paired:
+            if c not in have and (*p, c) not in self.queued and (*p, c) not in self.abandoned \
+                    and all(d in have for d in self.plan.needs[c]):
+                self.queued.add((*p, c))
+                heapq.heappush(self.heap, (self._key(p, c), p, c))
+
+    def _open_block(self) -> bool:
+        """Open the next block of pairs (with the selection, only once every earlier one is
+        finished: its decisions read their results). False when none is left."""
+        if self._next_block >= len(self.blocks):
+            return False
+        start, end = self.blocks[self._next_block]
+        self._next_block += 1
+        if self.selector is not None:
+            self._decide(start, end)
+        self.opened = end
+        for p in self.order[start:end]:
+            self._push_ready(p)
+        return True
+
+    def _decide(self, start: int, end: int) -> None:
+        found: dict[str, list] = {}
+        for p in self.order[:start]:
+            for c, r in self.rows.get(p, {}).items():
+                if r.found:
+                    found.setdefault(c, []).append((p[0], p[1], r.eps))
+        self.selector.decide(found, start)
+        for p in self.order[start:end]:
+            want = set(self.selector.wanted(*p))
+            want |= {d for c in want for d in self.plan.needs[c]}
+            have = self.rows.setdefault(p, {})
+            for c in self.plan.paired:
+                if c not in want and c not in have:
+                    have[c] = _skip_row(c, *p, self.engine)
+                    self.skips.append(have[c])
+
+    def take_rows(self) -> list[PairRow]:
+        rows, self.skips = self.skips, []
+        return rows
+
+    def next_task(self) -> PairTask | None:
+        while not self.heap:
+            if self.in_flight or not self._open_block():
+                return None
+        _, p, c = heapq.heappop(self.heap)
+        self.queued.discard((*p, c))
+        self.in_flight[p] = self.in_flight.get(p, 0) + 1
+        return self._task(p, c)
+
+    def _task(self, p: tuple[int, int], c: str) -> PairTask:
+        have = self.rows.get(p, {})
+        cuts, known = [], []
+        stored = {r.cut: r for r in self.store.pair_rows_of(p[0], p[1], self.plan.needs[c], self.plan.dim)} \
+            if self.witnesses and self.plan.needs[c] else {}
+        for d in self.plan.needs[c]:
+            r = self.memory.get(p, {}).get(d) or stored.get(d) or have[d]
+            if r.found and not r.has_witness:
+                cuts.append(d)  # its collision is a start: computed again, identically
+            else:
+                known.append(r)
+        return PairTask(p[0], p[1], tuple(cuts) + (c,), tuple(known))
+
+    def complete(self, result: TaskResult) -> list[PairRow]:
+        """Record the rows of a finished task; returns the new ones (to store)."""
+        new = []
+        p = (result.task.i, result.task.j)
+        returned = {r.cut for r in result.rows}
+        self.abandoned.update((*p, c) for c in result.task.cuts if c not in returned)
+        for r in result.rows:
+            have = self.rows.setdefault((r.i, r.j), {})
+            if r.cut not in have:
+                have[r.cut] = r.without_witness()
+                new.append(r)
+            if not self.witnesses and r.found and r.has_witness:
+                self.memory.setdefault((r.i, r.j), {})[r.cut] = r
+        self.in_flight[p] = self.in_flight.get(p, 1) - 1
+        if self.in_flight[p] <= 0:
+            del self.in_flight[p]
+        self._push_ready(p)
+        if p in self.memory and len(self.rows.get(p, ())) == len(self.plan.paired) and p not in self.in_flight:
+            del self.memory[p]  # every cut of the pair is done: its collisions are no start any more
+        return new
+
+
+def _run_tasks(source: TaskSource, executor, job: RunJob, store: ResultStore, deadline: float | None,
+               witnesses: bool, progress: Progress | None) -> None:
+    """Run the source's tasks on ``executor``, storing every result as it comes back."""
+    if progress:
+        progress("descent", source.done, source.total)
+    running = executor.run(job, source, **({} if deadline is None else {"deadline": deadline}))
+    try:
+        for result in running:
+            new = source.complete(result)
+            store.add_pairs(source.take_rows() + new, witnesses=witnesses)
+            if witnesses:  # a recomputed start whose stored row had no witness gets it now
+                again = [r for r in result.rows if r.found and r.has_witness and r not in new]
+                store.add_witnesses([(r.cut, r.i, r.j, r.delta_u, r.delta_v) for r in again])
+            if progress:
+                progress("descent", source.done, source.total)
+    finally:
+        close = getattr(running, "close", None)  # a generator: stops the workers now
+        if close is not None:                    # (also on an error or an interrupt)
+            close()
+    store.add_pairs(source.take_rows())
+
+
+def _paired(ctx: _Context, store: ResultStore, executor, deadline: float | None, progress, witnesses: bool,
+            select_pairs: bool) -> None:
+    plan, collider, points = ctx.plan, ctx.collider, ctx.points
+    pcut = {c: promise_cut(collider, c) for c in plan.paired}
+    budgets = {pc: _closed_form_budgets(collider, points, pc, store) for pc in dict.fromkeys(pcut.values())}
+    all_pairs = [(i, j) for i in range(plan.n_a) for j in range(plan.n_b)]
+    order = promise_order(budgets[pcut[plan.paired[0]]][0]) if ctx.order == "promise" else all_pairs
+    selector = None
+    if select_pairs and ctx.grid is not None:
+        # a paired cut's bounds take the closed-form edges of its promise cut only when the run
+        # computed that cut and its budgets were verified
+        selector = PairSelector(ctx.grid, {c: budgets[pcut[c]][0] for c in plan.paired},
+                                counted={c for c in plan.paired if pcut[c] in plan.cuts and budgets[pcut[c]][1]})
+    source = TaskSource(plan, order, store, ctx.engine, witnesses, selector)
+    if source.done == source.total:
+        return
+    if executor is None:
+        executor = make_executor("local")
+    job = RunJob(collider.net, ctx.engine, points.X_a, points.X_b, ctx.grid, plans=collider.plans)
+    _run_tasks(source, executor, job, store, deadline, witnesses, progress)
+
+
+@dataclass(frozen=True)
+class _Context:
+    plan: RunPlan
+    collider: Collider
+    points: Points
+    engine: object
+    grid: tuple[float, ...] | None
+    order: str
+
+
+def run_settings(net: Network, points: Points, engine, normalize=None, grid=None,
+                 select_pairs: bool = False) -> RunSettings:
+    """What the run's stored results depend on (the store's fingerprint)."""
+    return RunSettings.of(net.source.sha256, points.X_a, points.X_b, engine.describe(), normalize, grid, select_pairs)
+
+
+def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engine, out_dir, *,
+                      progress: Progress | None = None, time_budget: float | None = None,
+                      deadline: float | None = None, info: dict | None = None, executor=None,
+                      order: str = "promise", normalize=None, grid=None, bounds_grid=None,
+                      witnesses: bool = True, select_pairs: bool = False) -> Distances:
     """Compute (or resume) the budgets of all pairs at ``cuts`` into the store in ``out_dir``.
 
     ``engine``: the resolved collision method (:func:`fxverify.config.resolve_engine`);
-    ``grid``: the budgets the distances are for: a descent stops when its next steps cannot
-    cross one of them (None: every descent runs to its local optimum, ``--exhaustive``);
-    ``normalize``: the spec's input normalisation, already applied to ``net`` (workers apply it
-    again to the model they load). ``executor``: where the pair tasks run
-    (:func:`fxverify.executors.make_executor`; default: a process pool over the local cores).
-    ``time_budget``: seconds after which the run stops, abandoning the pairs in flight; the
-    result then covers the pairs done. ``order``:
-    ``"promise"`` computes the pairs in :func:`promise_order` (nearest partners of every point
-    first, so a budget-limited run covers the pairs that matter most), ``"file"`` row by row;
-    the order never changes a pair's result."""
+    ``grid``: the budgets a descent may stop at (it stops when its next steps cannot cross one
+    of them; None: every descent runs to its local optimum, ``--exhaustive``); ``bounds_grid``
+    (default ``grid``): the budgets the bounds are for: closed-form collisions are constructed
+    and verified up to its largest (every pair when None). ``normalize``: the spec's input
+    normalisation, already applied to ``net``. ``executor``: where the tasks run
+    (:func:`fxverify.executors.make_executor`; default: a process pool over the local cores;
+    every executor receives ``net`` itself). ``deadline`` (a :func:`time.monotonic` time) or
+    ``time_budget`` (seconds from now): hard; the result then covers what was stored, and a
+    rerun resumes. ``order``: ``"promise"`` (:func:`promise_order`) or ``"file"``; the order
+    never changes a result. ``witnesses``: store every found collision's points (False: only
+    their budgets). ``select_pairs``: the optional :class:`PairSelector` (with a grid)."""
     if order not in ORDERS:
         raise FxverifyError(f"unknown pair order {order!r}; orders: {', '.join(ORDERS)}")
-    from .executors import PairJob, SerialExecutor, make_executor
-
-    t_start = time.perf_counter()
+    if time_budget is not None:
+        end = time.monotonic() + time_budget
+        deadline = end if deadline is None else min(deadline, end)
     collider = Collider(net, engine)
     grid = None if grid is None else tuple(sorted(float(g) for g in grid))
-    settings = {**engine.describe(), "normalize": None if normalize is None else [list(x) for x in normalize],
-                "grid": None if grid is None else list(grid)}
-    fp = fingerprint(net.source.sha256, points.X_a, points.X_b, settings)
+    limits = grid if bounds_grid is None else tuple(float(g) for g in bounds_grid)
+    plan = RunPlan.of(collider, cuts, len(points.X_a), len(points.X_b))
+    settings = run_settings(net, points, engine, normalize, grid, select_pairs)
     meta = {"fxverify": __version__, "model": net.source.path, "model_sha256": net.source.sha256,
-            "profile": engine.profile.to_dict(), "engine": settings, **(info or {})}
-    n_a, n_b = len(points.X_a), len(points.X_b)
-    cuts = tuple(c for c in net.cuts if c in cuts)
-    closed = [c for c in cuts if closed_form(collider.plan(c))]
-    paired = [c for c in cuts if c not in closed]
-    with ResultStore(out_dir, fp, meta) as store:
-        for k, cut in enumerate(closed):
+            "profile": engine.profile.to_dict(), "engine": settings.values, **(info or {})}
+    ctx = _Context(plan, collider, points, engine, grid, order)
+    with ResultStore(out_dir, settings, meta) as store:
+        for k, cut in enumerate(plan.closed):
             if progress:
-                progress(f"closed form {cut}", k, len(closed))
-            if store.matrix(cut, (n_a, n_b)) is None:
-                _closed_form(collider, points, cut, store)
-        if progress and closed:
-            progress("closed form", len(closed), len(closed))
-        if paired:
-            done = set.intersection(*(store.done_pairs(c) for c in paired))
-            todo = [(i, j) for i in range(n_a) for j in range(n_b) if (i, j) not in done]
-            # per paired cut, the closed-form budgets that bound it (loaded once per closed-form cut)
-            pcut = {c: promise_cut(collider, c) for c in paired}
-            budgets = {pc: _closed_form_budgets(collider, points, pc, store)
-                       for pc in (dict.fromkeys(pcut.values()) if todo else ())}
-            if todo and order == "promise":
-                todo = promise_order(budgets[pcut[paired[0]]][0], todo)
-            total = n_a * n_b
-            if progress:
-                progress("descent", len(done), total)
-            if executor is None:
-                executor = make_executor("local")
-            if not (net.source.path and os.path.isfile(net.source.path)):
-                executor = SerialExecutor()  # workers load the model from its file
-            job = PairJob(net.source.path, net.source.sha256, engine, points.X_a, points.X_b, tuple(paired),
-                          normalize, grid)
+                progress(f"closed form {cut}", k, len(plan.closed))
+            if store.matrix(cut, (plan.n_a, plan.n_b)) is None:
+                _closed_form(collider, points, cut, store, max(limits) if limits else None, witnesses)
+        if progress and plan.closed:
+            progress("closed form", len(plan.closed), len(plan.closed))
+        if plan.paired:
+            _paired(ctx, store, executor, deadline, progress, witnesses, select_pairs)
+        return _distances(store, ctx)
 
-            # the time budget is hard: at the deadline the executor abandons the pairs in flight
-            # (never stored: a pair's rows are stored whole, in one transaction) and stops
-            deadline = None if time_budget is None else \
-                time.monotonic() + time_budget - (time.perf_counter() - t_start)
 
-            selector = None
-            if grid is not None and todo:
-                # a paired cut's bounds take the closed-form edges of its promise cut only when the
-                # run computed that cut and its budgets were verified (a failed one is stored as inf)
-                selector = PairSelector(grid, {c: budgets[pcut[c]][0] for c in paired},
-                                        counted={c for c in paired if pcut[c] in cuts and budgets[pcut[c]][1]})
-                # a wanted cut needs the paired cuts that determine it (its descent starts from,
-                # and keeps, their collisions; its bounds take their budgets)
-                determining = {c: {d for d in net.dominators(c)[:-1] if d in paired} for c in paired}
-                for c in paired:
-                    selector.observe(store.pair_rows(c))
-                selector.saturation()
-
-            def skip_rows(items):
-                return [PairRow(c, i, j, math.inf, CollisionStatus.SKIPPED.value, engine.method, engine.name, 0.0,
-                                math.nan, math.nan, 0, "skipped: by the run's pair selection it cannot change a bound")
-                        for i, j, cuts in items for c in cuts]
-
-            pending_skips: list = []
-
-            def chunks():
-                size = max(1, min(CHUNK, len(todo) // (4 * max(1, getattr(executor, "workers", 1)))))
-                batch = []
-                for pair in todo:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        return
-                    if selector is not None:
-                        want = set(selector.wanted(*pair))
-                        want |= {d for c in want for d in determining[c]}
-                        cuts = tuple(c for c in paired if c in want)
-                        if len(cuts) < len(paired):
-                            pending_skips.append((*pair, tuple(c for c in paired if c not in want)))
-                        if not cuts:
-                            continue
-                        pair = (*pair, cuts)
-                    batch.append(pair)
-                    if len(batch) == size:
-                        yield tuple(batch)
-                        batch = []
-                if batch:
-                    yield tuple(batch)
-
-            n_done = len(done)
-            if todo:
-                # executors without a deadline parameter still run (with the budget checked
-                # between chunks only)
-                running = executor.run(job, chunks(), net=net, **({} if deadline is None else {"deadline": deadline}))
-                try:
-                    for rows in running:
-                        # pairs computed by this task, and pairs skipped at every cut meanwhile (a
-                        # pair skipped at some cuts is counted when its computed rows arrive)
-                        n_done += len({(r.i, r.j) for r in rows})
-                        if pending_skips:  # decided while this task ran: stored with it
-                            n_done += sum(1 for item in pending_skips if len(item[2]) == len(paired))
-                            rows = rows + skip_rows(pending_skips)
-                            pending_skips.clear()
-                        store.add_pairs(rows)
-                        if selector is not None:
-                            selector.observe(rows)
-                        if progress:
-                            progress("descent", n_done, total)
-                finally:
-                    close = getattr(running, "close", None)  # a generator: stops the workers now
-                    if close is not None:                    # (also on an error or an interrupt)
-                        close()
-                if pending_skips:
-                    store.add_pairs(skip_rows(pending_skips))
-                    pending_skips.clear()
-        by_cut = {}
-        for cut in cuts:
-            if cut in closed:
-                eps, method, seconds, message = store.matrix(cut, (n_a, n_b))
-                computed = np.ones((n_a, n_b), dtype=bool)
-                found = int(np.isfinite(eps).sum())
-                by_cut[cut] = CutDistances(cut, eps, computed, found, eps.size - found, 0, method, seconds, message)
-            else:
-                eps = np.full((n_a, n_b), np.inf)
-                computed = np.zeros((n_a, n_b), dtype=bool)
-                counts = {s.value: 0 for s in CollisionStatus}
-                seconds = 0.0
-                for r in store.pair_rows(cut):
-                    computed[r.i, r.j] = True
-                    counts[r.status] += 1
-                    seconds += r.seconds
-                    if r.status == CollisionStatus.FOUND.value:
-                        eps[r.i, r.j] = r.eps
-                plan = collider.plan(cut)
-                method = engine.method if plan.kind == "pieces" else "lp"
-                by_cut[cut] = CutDistances(cut, eps, computed, counts["found"], counts["failed"],
-                                           counts["not-applicable"], method, seconds, "", counts["skipped"])
-    return Distances(cuts, by_cut, n_a, n_b)
+def _distances(store: ResultStore, ctx: _Context) -> Distances:
+    """The stored results as budget matrices (every row validated)."""
+    plan = ctx.plan
+    shape = (plan.n_a, plan.n_b)
+    by_cut = {}
+    for cut in plan.cuts:
+        if cut in plan.closed:
+            eps, method, seconds, message = store.matrix(cut, shape)
+            found = int(np.isfinite(eps).sum())
+            by_cut[cut] = CutDistances(cut, eps, np.ones(shape, dtype=bool), found, eps.size - found, 0, method,
+                                       seconds, message)
+            continue
+        eps, computed = np.full(shape, np.inf), np.zeros(shape, dtype=bool)
+        counts = {s: 0 for s in (x.value for x in CollisionStatus)}
+        seconds, failures = 0.0, []
+        for r in store.pair_rows(cut, shape):
+            computed[r.i, r.j] = True
+            counts[r.status] += 1
+            seconds += r.seconds
+            if r.found:
+                eps[r.i, r.j] = r.eps
+            elif r.status == CollisionStatus.FAILED.value:
+                failures.append(Failure(r.i, r.j, r.message))
+        method = ctx.engine.method if ctx.collider.plan(cut).kind == "pieces" else "lp"
+        by_cut[cut] = CutDistances(cut, eps, computed, counts["found"], counts["failed"], counts["not-applicable"],
+                                   method, seconds, "", counts["skipped"], tuple(failures))
+    return Distances(plan.cuts, by_cut, plan.n_a, plan.n_b)

@@ -24,7 +24,7 @@ DEFAULT_PROFILE = "descent-activeset"
 #: the LP backend a descent profile uses under l-inf / l1 when its own backend solves only
 #: cone LPs (activeset) and the profile names no ``lp_backend``
 DEFAULT_LP_BACKEND = "ipm"
-METHODS = ("closed_form", "descent", "faithful", "exact")
+METHODS = ("closed_form", "descent", "faithful", "exact", "apgd")
 STARTS = ("midpoint", "shallower")
 
 

@@ -69,16 +69,7 @@ CLI = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "fxverify"
 
 #: case name -> why it is a known failure (a bug in code this sweep's author may not change;
 #: reported, not counted as a sweep failure). Keep empty when possible.
-_STORE = ("the store and --out handling are being rewritten on another branch (issue 23's store items: symlinks "
-          "in --out, ../ matrix paths, validated rows, meta rows); this case passes once that lands")
-KNOWN_FAILURES: dict[str, str] = {
-    f"store: {label}": _STORE for label in (
-        ".fxverify.lock is a symlink to a file outside", "results.sqlite is a symlink to a file outside",
-        "results.json is a symlink to a file outside", "distances.npz is a symlink to a file outside",
-        "results.sqlite is a dangling symlink",
-        "a pair row with an unknown status", "a pair row with an index out of range", "a pair row with a text eps",
-        "the meta rows deleted, then another model's run",
-        "a matrix row naming ../ outside the store (sha256 matching)")}
+KNOWN_FAILURES: dict[str, str] = {}
 
 #: The quick subset (CI, tests/test_fault_sweep.py): one or two cases of every class, about a
 #: minute on two idle cores. Named here, in one place; the cases' own ``quick`` flags are reset to it.
@@ -607,16 +598,22 @@ def _finish(proc: subprocess.Popen, t0: float, timeout: float = 60.0, note: str 
 
 
 def _store_consistent(out: Path, n_cuts: int) -> str | None:
+    """The store after a fault: whole (integrity check), at most ``n_cuts`` rows per pair, and
+    results are per (pair, cut): a deeper cut of _LONG_SPEC_CUTS only where the cut it starts
+    from is stored."""
     try:
         with sqlite3.connect(out / "results.sqlite") as con:
             ok = con.execute("PRAGMA integrity_check").fetchone()[0]
-            per_pair = [n for (n,) in con.execute("SELECT COUNT(*) FROM pairs GROUP BY i, j")]
+            rows = con.execute("SELECT cut, i, j FROM pairs").fetchall()
     except sqlite3.Error as err:
         return f"store unreadable after the fault: {err}"
     if ok != "ok":
         return f"store integrity check: {ok}"
-    if any(n != n_cuts for n in per_pair):
-        return f"a pair is stored partly ({sorted(set(per_pair))} rows per pair, expected {n_cuts})"
+    by_cut = {c: {(i, j) for cc, i, j in rows if cc == c} for c in _LONG_SPEC_CUTS}
+    if len(rows) > n_cuts * len(by_cut[_LONG_SPEC_CUTS[0]] | by_cut[_LONG_SPEC_CUTS[-1]]):
+        return "more rows than (pair, cut)s"
+    if not by_cut[_LONG_SPEC_CUTS[-1]] <= by_cut[_LONG_SPEC_CUTS[0]]:
+        return f"{_LONG_SPEC_CUTS[-1]} stored for a pair without {_LONG_SPEC_CUTS[0]}"
     return None
 
 
@@ -632,7 +629,8 @@ def _long_run_args(name: str, jobs: int, command: str = "bound") -> tuple[list, 
 
 def run_signal(sig: int, name: str, jobs: int = 2) -> Callable[[Case], Result]:
     """Start a bound, wait until pairs are stored, send ``sig`` to the CLI process; then check
-    the store (integrity, pairs whole), that no worker outlived it, and no results.json."""
+    the store (integrity, a cut only after the cut it starts from), that no worker outlived it,
+    and no results.json."""
 
     def runner(case: Case) -> Result:
         args, out = _long_run_args(name, jobs)

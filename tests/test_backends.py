@@ -103,6 +103,58 @@ def test_activeset_refuses_other_problem_shapes_and_reports_infeasible():
     assert b.solve_cone(p, SolverOptions()).termination is Termination.INFEASIBLE
 
 
+def _implied_row_problem(violation: float) -> MinMaxNormProblem:
+    """Equalities A x = b and, among sign rows, one that is a combination of the equality rows
+    whose right-hand side sits ``violation`` (per unit row norm) below what they imply: the
+    shape of a descent LP whose pattern row the equal-features rows fix (FCNN pair (3, 3) at
+    linear2)."""
+    rng = np.random.default_rng(3)
+    r, m = 12, 5
+    A = rng.standard_normal((m, 2 * r))
+    b = rng.standard_normal(m) * 0.1
+    row = rng.standard_normal(m) @ A
+    implied = float(row @ np.linalg.lstsq(A, b, rcond=None)[0])  # row . x on every x with A x = b
+    loose = rng.standard_normal((6, 2 * r)) * 0.01  # far from tight
+    C = np.vstack([loose, row])
+    h = np.concatenate([np.ones(6), [implied - violation * np.linalg.norm(row)]])
+    return MinMaxNormProblem(C=C, h=h, A=A, b=b)
+
+
+def test_activeset_leaves_out_a_row_the_equalities_imply_up_to_rounding():
+    """A sign row that the equalities fix, violated by rounding (5e-10 of its norm), is not a
+    proof of infeasibility: the active set solved no such LP and its cvxopt fallback hit its
+    iteration limit, a failed pair in the README's main job."""
+    b = get_backend("activeset")
+    near = _implied_row_problem(5e-10)  # above the active set's 1e-10 tolerance
+    sol = b.solve_min_max_norm(near, SolverOptions())
+    assert sol.ok, sol.message
+    ref = get_backend("cvxopt").solve_min_max_norm(
+        MinMaxNormProblem(C=near.C[:-1], h=near.h[:-1], A=near.A, b=near.b), SolverOptions())
+    assert ref.ok and sol.objective == pytest.approx(ref.objective, rel=1e-7)
+    # a real contradiction is still one
+    far = _implied_row_problem(1e-3)
+    assert b.solve_min_max_norm(far, SolverOptions()).termination is Termination.INFEASIBLE
+
+
+def test_activeset_drops_equality_rows_that_depend_on_the_others():
+    """Equality rows whose Gram matrix is singular to rounding (a rank test upstream kept a
+    dependent row): consistent ones are dropped and the LP solved, inconsistent ones are
+    infeasible (the FCNN pair (3, 3) at linear2 had 200 rows of rank 199)."""
+    rng = np.random.default_rng(4)
+    r = 6
+    A = rng.standard_normal((3, 2 * r))
+    A = np.vstack([A, A[0] + A[1]])  # the fourth row is the sum of the first two
+    b = rng.standard_normal(3)
+    C, h = rng.standard_normal((4, 2 * r)) * 0.01, np.ones(4)
+    ok = MinMaxNormProblem(C=C, h=h, A=A, b=np.concatenate([b, [b[0] + b[1]]]))
+    sol = get_backend("activeset").solve_min_max_norm(ok, SolverOptions())
+    ref = get_backend("cvxopt").solve_min_max_norm(MinMaxNormProblem(C=C, h=h, A=A[:3], b=b), SolverOptions())
+    assert sol.ok, sol.message
+    assert ref.ok and sol.objective == pytest.approx(ref.objective, rel=1e-7)
+    bad = MinMaxNormProblem(C=C, h=h, A=A, b=np.concatenate([b, [b[0] + b[1] + 0.1]]))
+    assert get_backend("activeset").solve_min_max_norm(bad, SolverOptions()).termination is Termination.INFEASIBLE
+
+
 def test_every_builtin_backend_declares_itself():
     for name, cls in backend_classes().items():
         b = cls()

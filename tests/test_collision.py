@@ -452,3 +452,90 @@ def test_collide_takes_a_solver_profile_object(shipped_model):
     b = fxverify.collide(net, "relu2", pts.X_a[0], pts.X_b[0], solver="descent-activeset")
     assert a.verified and b.verified and a.iterations <= 1
     assert b.iterations > 1 and b.eps < a.eps  # not the capped collider of the first call
+
+
+# ------------------------------------------------------------------ verification at the pair's scale
+def test_figure_1_scaled_by_1e_minus_7_rejects_the_points_themselves(tmp_path):
+    """f(x) = relu(1e-7 x): f(u) and f(v) are 8e-7 apart, below the old absolute tolerance
+    1e-6 x max(1, |f|); judged against the pair's own separation (u, v) is no collision, and the
+    collision the descent proves (eps = 5) still is one."""
+    from fxverify.collision.verify import Verifier
+
+    net = fcnn(tmp_path, [np.eye(2) * 1e-7], [np.zeros(2)])
+    u, v = np.array([1.0, 4.0]), np.array([9.0, -5.0])
+    verdict = Verifier(net).check("relu1", u, v, u, v)
+    assert not verdict.ok and "separation" in verdict.message
+    c = collide(net, "relu1", u, v)
+    assert c.status is CollisionStatus.FOUND and c.eps == pytest.approx(5.0, abs=1e-6)
+    assert Verifier(net).check("relu1", u, v, c.u_adv, c.v_adv).ok
+
+
+@pytest.mark.parametrize("c", [1e-3, 1e-7])
+def test_a_rescaled_network_gives_the_same_eps_and_verdicts(tmp_path, c):
+    """The first layer's weights and every bias times c scale every feature by c (ReLU is
+    positively homogeneous): the same eps at every cut and the same verdicts, both for the
+    collisions found and for the points themselves."""
+    from fxverify.collision.verify import Verifier
+
+    rng = np.random.default_rng(11)
+    Ws = [rng.standard_normal((8, 6)), rng.standard_normal((6, 8)), rng.standard_normal((3, 6))]
+    bs = [rng.standard_normal(8), rng.standard_normal(6), rng.standard_normal(3)]
+    net = fcnn(tmp_path, Ws, bs, final_affine=True, name="a.onnx")
+    scaled = fcnn(tmp_path, [Ws[0] * c] + Ws[1:], [b * c for b in bs], final_affine=True, name="b.onnx")
+    col, col_s = collider(net), collider(scaled)
+    ver, ver_s = Verifier(net), Verifier(scaled)
+    for _ in range(4):
+        u, v = rng.standard_normal(6), rng.standard_normal(6)
+        a, b = col.collide_cuts(u, v), col_s.collide_cuts(u, v)
+        for cut in net.cuts:
+            assert a[cut].status is b[cut].status, (cut, a[cut].message, b[cut].message)
+            assert b[cut].eps == pytest.approx(a[cut].eps, rel=1e-6), cut
+            assert ver.check(cut, u, v, u, v).ok is ver_s.check(cut, u, v, u, v).ok
+            if a[cut].status is CollisionStatus.FOUND:  # each network's collision, judged by the other
+                assert ver_s.check(cut, u, v, a[cut].u_adv, a[cut].v_adv).ok
+                assert ver.check(cut, u, v, b[cut].u_adv, b[cut].v_adv).ok
+
+
+def test_a_found_collisions_points_are_reproduced_exactly_by_their_differences(tmp_path):
+    """The stored witness is (u_adv - u, v_adv - v): u + (u_adv - u) gives u_adv bit for bit."""
+    rng = np.random.default_rng(2)
+    net = fcnn(tmp_path, [rng.standard_normal((5, 4))], [rng.standard_normal(5)])
+    col = collider(net)
+    for _ in range(5):
+        u, v = rng.uniform(0, 1, 4), rng.uniform(0, 1, 4) * 300
+        for r in col.collide_cuts(u, v).values():
+            if r.status is CollisionStatus.FOUND:
+                assert np.array_equal(u + (r.u_adv - u), r.u_adv) and np.array_equal(v + (r.v_adv - v), r.v_adv)
+
+
+def test_the_readme_main_jobs_failed_pair_solves_every_lp(shipped_model):
+    """Pair (3, 3) of the README's main job at linear2 (grid-aware): the active set, on its
+    own (no fallback), solves every LP of the descent; it used to call one of them infeasible
+    (a pattern row the equalities fix, violated by rounding), and cvxopt then failed the pair."""
+    from fxverify.collision.descent import PatternDescent
+    from fxverify.config import resolve_run
+    from fxverify.analysis import load_inputs
+    from fxverify.executors import _one_blas_thread
+
+    run = resolve_run(shipped_model.parent.parent / "specs" / "mnist_3v7.json")
+    net, pts = load_inputs(shipped_model, run)
+    col = Collider(net, run.engine)
+    d = col._descent("linear2")
+    d.fallbacks = ()
+    seen = []
+    real = PatternDescent.solve_lp
+
+    def spy(self, *a, **k):
+        lp, sol = real(self, *a, **k)
+        if lp is not None and self is d:
+            seen.append((sol.termination, sol.message))
+        return lp, sol
+
+    with _one_blas_thread():
+        PatternDescent.solve_lp = spy
+        try:
+            res = col.collide_cuts(pts.X_a[3], pts.X_b[3], ("relu1", "linear2"), grid=run.grid)
+        finally:
+            PatternDescent.solve_lp = real
+    assert res["linear2"].status is CollisionStatus.FOUND, res["linear2"].message
+    assert seen and all(t is Termination.OPTIMAL for t, _ in seen), seen

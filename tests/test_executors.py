@@ -15,9 +15,12 @@ import pytest
 
 import fxverify
 from fxverify.data import load_embedded, select_points
-from fxverify.executors import ExecutorError, PairJob, ProcessExecutor, SerialExecutor, make_executor
+from fxverify.executors import ExecutorError, PairTask, ProcessExecutor, RunJob, SerialExecutor, make_executor
 from fxverify.pipeline import compute_distances
 from fxverify.config import resolve_engine
+
+
+CUTS = ("relu1", "linear2", "relu2", "linear3")
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +29,42 @@ def job():
 
     net = fxverify.load_model(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx")
     pts = select_points(load_embedded("mnist"), (3, 7), 3)
-    return net, PairJob(net.source.path, net.source.sha256, resolve_engine("descent-activeset"), pts.X_a, pts.X_b,
-                        ("relu1", "linear2", "relu2", "linear3"))
+    return net, RunJob(net, resolve_engine("descent-activeset"), pts.X_a, pts.X_b)
 
 
-def _rows(executor, job, net=None):
-    chunks = [((i, j),) for i in range(3) for j in range(3)]
-    rows = [r for out in executor.run(job, chunks, net=net) for r in out]
+class ListSource:
+    """Hands out a fixed list of tasks."""
+
+    def __init__(self, tasks):
+        self.tasks = list(tasks)
+
+    def next_task(self):
+        return self.tasks.pop(0) if self.tasks else None
+
+
+def _tasks():
+    return [PairTask(i, j, CUTS) for i in range(3) for j in range(3)]
+
+
+def _rows(executor, job):
+    rows = [r for out in executor.run(job, ListSource(_tasks())) for r in out.rows]
     return {(r.cut, r.i, r.j): (r.eps, r.status) for r in rows}
+
+
+def test_a_job_carries_the_loaded_network_to_the_workers(job, monkeypatch, tmp_path):
+    """Workers get the network itself (pickled): nothing loads the model file again."""
+    import pickle
+
+    net, jb = job
+    assert pickle.loads(pickle.dumps(jb)).net.source.sha256 == net.source.sha256
+    calls = []
+    monkeypatch.setattr("fxverify.onnx_import.load_model", lambda *a, **k: calls.append(a))
+    assert len(_rows(SerialExecutor(), jb)) == 36 and not calls
 
 
 def test_process_pool_gives_the_serial_results(job):
     net, jb = job
-    serial = _rows(SerialExecutor(), jb, net)
+    serial = _rows(SerialExecutor(), jb)
     pooled = _rows(ProcessExecutor(2), jb)
     assert serial.keys() == pooled.keys() and len(serial) == 36
     for k in serial:
@@ -117,7 +143,7 @@ def test_ray_executor_on_a_local_instance_survives_a_dead_worker(job, tmp_path):
     from fxverify.executors import KILL_ONCE_ENV, RayExecutor
 
     net, jb = job
-    serial = _rows(SerialExecutor(), jb, net)
+    serial = _rows(SerialExecutor(), jb)
     marker = tmp_path / "killed-once"
     ex = RayExecutor(workers=2, runtime_env={"env_vars": {KILL_ONCE_ENV: str(marker)}})
     rayed = _rows(ex, jb)
@@ -201,25 +227,25 @@ def test_kill_dash_9_of_the_run_ends_its_worker_processes(tmp_path, shipped_mode
 
 def test_a_hard_time_budget_abandons_pairs_in_flight(tmp_path):
     """exact-scip takes seconds per pair and cut: a budget that only lets the pool start ends
-    at the budget (a soft budget would wait for the 2 x 2 chunks in flight), stores nothing
-    half-done and leaves no worker running."""
+    the run (each task gets the time left; one still running after the grace is abandoned),
+    stores only finished results (a deeper cut only after the cut that determines it) and
+    leaves no worker running. (How close to the budget it ends is measured, not asserted:
+    benchmarks/README.md.)"""
     pytest.importorskip("pyscipopt")
     from conftest import MODELS
 
     net = fxverify.load_model(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx")
     pts = select_points(load_embedded("mnist"), (3, 7), 3)
     prof = resolve_engine("exact-scip")
-    budget = 4.0
-    t0 = time.monotonic()
-    d = compute_distances(net, pts, ("relu1", "relu2"), prof, tmp_path, time_budget=budget,
+    d = compute_distances(net, pts, ("relu1", "relu2"), prof, tmp_path, time_budget=4.0,
                           executor=ProcessExecutor(2))
-    took = time.monotonic() - t0
-    assert took < budget + 3.0, f"the run took {took:.1f} s for a {budget} s budget"
     assert not d.complete
     with sqlite3.connect(tmp_path / "results.sqlite") as con:
-        per_pair = con.execute("SELECT COUNT(*) FROM pairs GROUP BY i, j").fetchall()
-    assert all(n == 2 for (n,) in per_pair), "a pair is stored with both cuts or not at all"
-    assert d.by_cut["relu1"].n_done == len(per_pair)
+        rows = con.execute("SELECT cut, i, j, status FROM pairs").fetchall()
+    assert all(st in ("found", "failed") for *_, st in rows)
+    relu1 = {(i, j) for c, i, j, _ in rows if c == "relu1"}
+    assert {(i, j) for c, i, j, _ in rows if c == "relu2"} <= relu1
+    assert d.by_cut["relu1"].n_done == len(relu1)
     leftover = [p for p in _alive(_descendants(os.getpid())) if "spawn_main" in _cmdline(p)]
     assert not leftover, f"workers left running: {leftover}"
 
@@ -232,9 +258,44 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_serial_executor_stops_between_pairs_at_the_deadline(job):
+def test_serial_executor_starts_nothing_after_the_deadline(job):
     net, jb = job
-    chunks = [tuple((i, j) for j in range(3)) for i in range(3)]
-    assert list(SerialExecutor().run(jb, chunks, net=net, deadline=time.monotonic())) == []
-    rows = [r for out in SerialExecutor().run(jb, chunks, net=net, deadline=time.monotonic() + 3600) for r in out]
+    assert list(SerialExecutor().run(jb, ListSource(_tasks()), deadline=time.monotonic())) == []
+    rows = [r for out in SerialExecutor().run(jb, ListSource(_tasks()), deadline=time.monotonic() + 3600)
+            for r in out.rows]
     assert len(rows) == 36
+
+
+def test_results_are_identical_with_jobs_1_jobs_2_ray_and_under_load(tmp_path):
+    """The same run gives the same numbers whatever executes it: serially, on a pool of two
+    while two other processes keep both cores busy, and on Ray (when installed); the order in
+    which tasks finish changes nothing (one BLAS thread everywhere, no completion-order rule)."""
+    from conftest import MODELS
+
+    net = fxverify.load_model(MODELS / "fcnn_tiny_mnist_3v7_benign.onnx")
+    pts = select_points(load_embedded("mnist"), (3, 7), 4)
+    prof = resolve_engine("descent-activeset")
+    grid = (0.0, 0.5, 1.0, 2.0)
+    ref = compute_distances(net, pts, net.cuts, prof, tmp_path / "serial", executor=SerialExecutor(), grid=grid)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        loaded = compute_distances(net, pts, net.cuts, prof, tmp_path / "pool", executor=ProcessExecutor(2),
+                                   grid=grid)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    runs = {"pool under load": loaded}
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from fxverify.executors import RayExecutor
+
+        runs["ray"] = compute_distances(net, pts, net.cuts, prof, tmp_path / "ray", executor=RayExecutor(workers=2),
+                                        grid=grid)
+    for name, d in runs.items():
+        for c in net.cuts:
+            np.testing.assert_array_equal(d.by_cut[c].eps, ref.by_cut[c].eps, err_msg=f"{name} {c}")
+            assert d.by_cut[c].n_failed == ref.by_cut[c].n_failed == 0

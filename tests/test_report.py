@@ -42,11 +42,14 @@ def test_a_real_results_json_validates_against_the_shipped_schema(analysis, tmp_
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc == json.loads(json.dumps(results_document(analysis)))
     validate_results(doc)
-    s = results_schema(1)
-    assert s["properties"]["format"] == {"const": 1, "description": "Format version of this file."}
+    s = results_schema(2)
+    assert s["properties"]["format"] == {"const": 2, "description": "Format version of this file."}
+    assert results_schema(1)["properties"]["format"]["const"] == 1  # the old format stays readable
+    assert doc["threat_model"] == {"norm": "l2", "domain": "unbounded", "label": "l2, unbounded"}
+    assert all(c["failures"] == [] for c in doc["cuts"]) and "float64" in doc["arithmetic"]
     assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     # the schema does reject what results_document never writes
-    for bad in (dict(doc, format=2), dict(doc, extra=1), dict(doc, spec=dict(doc["spec"], norm="l7")),
+    for bad in (dict(doc, format=1), dict(doc, extra=1), dict(doc, threat_model=dict(doc["threat_model"], domain=None)), dict(doc, spec=dict(doc["spec"], norm="l7")),
                 dict(doc, results=[dict(doc["results"][0], loss01_lower=1.5)]),
                 {k: v for k, v in doc.items() if k != "cuts"}):
         with pytest.raises(jsonschema.ValidationError):
@@ -116,7 +119,7 @@ def test_plot_failure_is_one_line_and_the_store_stays_consistent(analysis, tmp_p
     with pytest.raises(ReportError, match=r"cannot write .*loss01.png: No space left on device"):
         write_results(analysis, tmp_path)
     assert not (tmp_path / "loss01.png").exists() and not _no_temporaries(tmp_path)
-    assert json.loads((tmp_path / "results.json").read_text())["format"] == 1  # whole
+    assert json.loads((tmp_path / "results.json").read_text())["format"] == 2  # whole
     # the run's store is untouched: it opens, passes its check and holds every pair
     import sqlite3
 
@@ -192,3 +195,25 @@ def _umask() -> int:
         if line.startswith("Umask:"):
             return int(line.split()[1], 8)
     pytest.skip("no Umask in /proc/self/status")
+
+
+def test_plots_and_results_json_name_the_threat_model(tmp_path, monkeypatch):
+    """An l-inf run in [0, 1]: the plots' axis says linf (not l2) and their titles the domain;
+    results.json says the same; an l2 run without a domain is 'unbounded'."""
+    import matplotlib.axes
+
+    labels, titles = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda self, x, *a, **k: labels.append(x))
+    real_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, t, *a, **k: (titles.append(t), real_title(self, t, *a, **k))[1])
+    a = replace(_many_cuts(2), norm="linf", domain=(0.0, 1.0))
+    write_results(a, tmp_path)
+    assert labels == ["budget eps (linf, input space)"] * 2
+    assert all("linf, domain [0, 1]" in t.replace("\n", " ") for t in titles)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["threat_model"] == {"norm": "linf", "domain": [0.0, 1.0], "label": "linf, domain [0, 1]"}
+    labels.clear()
+    titles.clear()
+    write_results(_many_cuts(2), tmp_path)
+    assert labels == ["budget eps (l2, input space)"] * 2 and all("l2, unbounded" in t for t in titles)

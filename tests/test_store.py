@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import signal
@@ -199,3 +201,125 @@ def test_a_stored_matrix_that_is_not_a_budget_matrix_is_a_store_error(tmp_path):
             store.matrix("linear1", shape=(2, 3))
         path.write_bytes(b"truncated")  # sha256 no longer matches: recompute
         assert store.matrix("linear1") is None
+
+
+# ---- through the real CLI: nothing outside --out, every row validated, truthful messages ---------
+def _fx(*args, env=None, pre=None):
+    """``fxverify ARGS`` as a real process; ``pre``: Python run first in that process (a fault)."""
+    code = (pre or "") + "\nimport sys\nfrom fxverify.cli import run\nsys.argv = ['fxverify'] + sys.argv[1:]\nrun()\n"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def _one_error(res, *fragments):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout, res.stderr
+    lines = [x for x in res.stderr.strip().splitlines() if not x.startswith("progress: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def cli_run(tmp_path):
+    """A finished tiny run (relu1 computed pair by pair) and the command that made it."""
+    from conftest import MODELS
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"version": 1, "data": {"embedded": "mnist"}, "classes": [3, 7], "n_per_class": 2,
+                                "eps": [0.0, 1.0, 2.0, 3.0], "cuts": ["linear1", "relu1"]}))
+    out = tmp_path / "out"
+    cmd = ["bound", MODELS / "fcnn_tiny_mnist_3v7_benign.onnx", "--spec", spec, "--out", out, "--jobs", "1"]
+    res = _fx(*cmd)
+    assert res.returncode == 0, res.stderr
+    return cmd, out
+
+
+@pytest.mark.parametrize("name", [LOCK_NAME, "results.sqlite", "results.sqlite-wal", "witnesses.npz",
+                                  "results.json", "closed_form_matrix"])
+def test_a_symlink_in_out_is_refused_and_nothing_outside_is_touched(cli_run, tmp_path, name):
+    cmd, out = cli_run
+    if name == "closed_form_matrix":
+        name = next(p.name for p in out.iterdir() if p.name.startswith("closed_form_"))
+    victim = tmp_path / "elsewhere.bin"
+    victim.write_bytes(b"precious")
+    target = out / name
+    if target.exists():
+        target.unlink()
+    target.symlink_to(victim)
+    res = _fx(*cmd)
+    _one_error(res, "symbolic link")
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_matrix_row_naming_a_file_outside_is_refused(cli_run, tmp_path):
+    cmd, out = cli_run
+    outside = tmp_path / "x.npy"
+    np.save(outside, np.zeros((2, 2)))
+    digest = hashlib.sha256(outside.read_bytes()).hexdigest()
+    with sqlite3.connect(out / "results.sqlite") as con:
+        con.execute("UPDATE matrices SET file = '../x.npy', sha256 = ?", (digest,))
+    _one_error(_fx(*cmd), "is damaged", "'../x.npy'")
+
+
+@pytest.mark.parametrize("update, what", [
+    ("UPDATE pairs SET eps = -1 WHERE rowid = (SELECT MIN(rowid) FROM pairs)", "eps -1.0"),
+    ("UPDATE pairs SET status = 'bogus' WHERE rowid = (SELECT MIN(rowid) FROM pairs)", "status 'bogus'"),
+    ("UPDATE pairs SET i = 7 WHERE rowid = (SELECT MIN(rowid) FROM pairs)", "outside 2 x 2"),
+    ("UPDATE pairs SET eps = 'abc' WHERE rowid = (SELECT MIN(rowid) FROM pairs)", "non-numeric"),
+    ("UPDATE pairs SET eps = -1, status = 'found' WHERE rowid = (SELECT MAX(rowid) FROM pairs)", "eps -1.0"),
+    ("UPDATE witnesses SET delta_u = x'00ff' WHERE rowid = (SELECT MIN(rowid) FROM witnesses)", "witness"),
+])
+def test_every_stored_row_is_validated_never_an_edge(cli_run, update, what):
+    cmd, out = cli_run
+    with sqlite3.connect(out / "results.sqlite") as con:
+        con.execute(update)
+    _one_error(_fx(*cmd), "is damaged", what)
+
+
+def test_a_store_without_its_meta_rows_refuses_another_models_run(cli_run):
+    from conftest import MODELS
+
+    cmd, out = cli_run
+    with sqlite3.connect(out / "results.sqlite") as con:
+        con.execute("DELETE FROM meta")
+    other = list(cmd)
+    other[1] = MODELS / "fcnn_small_mnist_3v7_benign.onnx"
+    _one_error(_fx(*other), "is damaged", "no record of the run")
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--eps", "0,2"], "the eps grid (--eps; --exhaustive: none): stored [0, 1, 2, 3], this run [0, 2]"),
+    (["--norm", "linf"], "the norm (--norm): stored l2, this run linf"),
+    (["--exhaustive"], "stored [0, 1, 2, 3], this run none (--exhaustive)"),
+])
+def test_reusing_out_with_another_setting_names_it_with_both_values(cli_run, extra, named):
+    cmd, out = cli_run
+    _one_error(_fx(*cmd, *extra), "holds results for different settings", named)
+
+
+def test_a_full_disk_says_nothing_stored_was_lost_and_rerunning_resumes(cli_run, tmp_path):
+    """SQLite's 'database or disk is full' (here: a page limit, the same error a full disk
+    gives) and ENOSPC from a file write: never 'damaged ... delete it'."""
+    cmd, out = cli_run
+    con = sqlite3.connect(out / "results.sqlite", isolation_level=None)
+    con.execute("DELETE FROM pairs")
+    con.execute("DELETE FROM witnesses")
+    con.execute("VACUUM")  # no free pages left: storing the pairs again needs new ones
+    con.close()
+    full_db = ("import sqlite3\n_c = sqlite3.connect\n"
+               "def connect(*a, **k):\n    db = _c(*a, **k)\n"
+               "    n = db.execute('PRAGMA page_count').fetchone()[0]\n"
+               "    db.execute(f'PRAGMA max_page_count={n}')\n    return db\n"
+               "sqlite3.connect = connect\n")
+    line = _one_error(_fx(*cmd, pre=full_db), "no space left", "nothing stored so far was lost",
+                      "rerun the same command to resume")
+    assert "delete" not in line and "damaged" not in line
+    enospc = ("import errno, os\n_f = os.fsync\n"
+              "def fsync(fd):\n    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\nos.fsync = fsync\n")
+    for p in out.glob("closed_form_*.npy"):
+        p.unlink()
+    line = _one_error(_fx(*cmd, pre=enospc), "no space left")
+    assert "delete" not in line and "damaged" not in line
+    assert _fx(*cmd).returncode == 0  # space back: the same command finishes from the store

@@ -86,6 +86,7 @@ class _LeastNorm:
                    else np.sqrt(np.einsum("ij,ij->i", C, C)))
         self.Cn[self.Cn == 0] = 1.0
         self.n_eq = A.shape[0]
+        self.eq_rows = np.arange(self.n_eq)  # the equality rows in use (see _reduce_equalities)
         self._gram = None  # (working set, Ku, Kv) of the last fixed-set root
         # dense rows touching one point only (the descent's): products with a row can skip the
         # other point's zero half
@@ -128,6 +129,24 @@ class _LeastNorm:
             return y - eqT(eq(y)) / alpha
 
         return project, eqT(self.b) / alpha, eq, alpha
+
+    def _equalities(self) -> list[int]:
+        return [-1 - int(k) for k in self.eq_rows]
+
+    def _reduce_equalities(self) -> None:
+        """Keep a numerically independent subset of the equality rows (pivoted QR), once: the
+        caller's rank test can pass rows that depend on each other to rounding (their Gram
+        matrix is then not positive definite). Dependent rows that the kept ones do not imply
+        make the constraints inconsistent."""
+        if self.eq_rows.size < self.n_eq or not self.n_eq:
+            raise np.linalg.LinAlgError("the equality rows depend on each other")
+        _, R, piv = scipy.linalg.qr(self.A.T, mode="economic", pivoting=True, check_finite=False)
+        d = np.abs(np.diag(R))
+        keep = np.sort(piv[:int(np.sum(d > EQ_RANK_TOL * d[0]))])
+        x = np.linalg.lstsq(self.A[keep], self.b[keep], rcond=None)[0]
+        if np.max(np.abs(self.A @ x - self.b)) > ACCURACY * max(1.0, float(np.abs(self.b).max())):
+            raise _Infeasible()
+        self.eq_rows = keep
 
     def _rows(self, idx):
         """Rows (in x) and right-hand sides of working-set entries."""
@@ -182,11 +201,15 @@ class _LeastNorm:
         sc = self._scale(w)
         if self.proj:
             return self._solve_projected(w, sc, start)
-        W = [-1 - k for k in range(self.n_eq)] + [i for i in start if i >= 0]
+        W = self._equalities() + [i for i in start if i >= 0]
         try:
             W, N, L, pi = self._start(W, sc)
         except np.linalg.LinAlgError:  # a warm-start row depends on the others: start afresh
-            W, N, L, pi = self._start([-1 - k for k in range(self.n_eq)], sc)
+            try:
+                W, N, L, pi = self._start(self._equalities(), sc)
+            except np.linalg.LinAlgError:  # equality rows that depend on each other
+                self._reduce_equalities()
+                W, N, L, pi = self._start(self._equalities(), sc)
         y = -N.T @ pi if W else np.zeros(2 * r)
         return self._iterate(W, N, L, pi, y, sc)
 
@@ -229,6 +252,7 @@ class _LeastNorm:
         r = self.r
         inW = np.zeros(len(self.h), dtype=bool)
         inW[[i for i in W if i >= 0]] = True
+        implied = np.zeros(len(self.h), dtype=bool)  # rows the working set implies (see below)
         # working rows and Cholesky factor in buffers that grow by doubling (no copy per step)
         k = len(W)
         cap = max(16, 2 * k)
@@ -240,7 +264,7 @@ class _LeastNorm:
         isineq[:k] = np.asarray(W) >= 0
         for _ in range(10 * (len(self.h) + 10)):
             s = (self.C @ (y * sc) - self.h) / self.Cn
-            s[inW] = -np.inf
+            s[inW | implied] = -np.inf
             p = int(np.argmax(s)) if s.size else -1
             if p < 0 or s[p] <= self.tol:
                 return y * sc, W, pi
@@ -276,6 +300,14 @@ class _LeastNorm:
                         q = pi[cand] / rr[cand]
                         j = int(np.argmin(q))
                         t2, drop = float(q[j]), int(cand[j])
+                if math.isinf(t1) and piP == 0.0 and s[p] <= ACCURACY * max(1.0, float(np.linalg.norm(y * sc))):
+                    # p is (numerically) a combination of the working rows and its violation
+                    # is rounding in what they imply (a pattern row the equalities fix): it
+                    # holds to the accuracy every returned point is held to. Dropping other
+                    # rows to satisfy it (with multipliers ~ violation / |z|) or declaring
+                    # the constraints inconsistent would act on rounding: leave it out
+                    implied[p] = True
+                    break
                 if math.isinf(t1) and math.isinf(t2):
                     raise _Infeasible()
                 step = min(t1, t2)
@@ -495,6 +527,9 @@ ACCURACY = 1e-9
 
 #: a fixed-set root must balance the squared norms to this relative accuracy
 BALANCE_TOL = 1e-8
+
+#: equality rows whose pivoted-QR pivot is below this (relative) depend on the others
+EQ_RANK_TOL = 1e-10
 
 
 def _newton_root(phi, w0, max_steps=100):

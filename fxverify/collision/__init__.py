@@ -11,7 +11,9 @@ Methods:
   determines this one (a dominator: in a chain, any shallower cut) is one here too and is kept
   when it is better, so eps never grows with depth;
 * ``faithful``: the paper's descent exactly (midpoint start, its stopping rule), a baseline;
-* ``exact``: the mixed-integer optimum (see :mod:`fxverify.collision.exact`).
+* ``exact``: the mixed-integer optimum (see :mod:`fxverify.collision.exact`);
+* ``apgd``: the Auto-PGD baseline, a gradient attack on the feature distance polished by one LP
+  (:mod:`fxverify.collision.apgd`; l2 only, no fallback to the closed forms).
 
 A :class:`Collider` takes a resolved :class:`~fxverify.config.Engine` and keeps what every pair
 shares (plans with their SVDs, descents, the onnxruntime session); ``collide`` caches one per
@@ -42,7 +44,9 @@ __all__ = ["Collider", "collide", "Collision", "CollisionStatus"]
 class Collider:
     """Finds and verifies collisions for one network with one resolved engine."""
 
-    def __init__(self, net: Network, engine) -> None:
+    def __init__(self, net: Network, engine, plans: dict[str, CutPlan] | None = None) -> None:
+        """``plans``: cut plans already prepared for ``net`` and this engine's norm and domain
+        (another collider's, e.g. a run's, sent to its workers): taken as they are."""
         from .. import _checks
         from ..config import Engine
 
@@ -54,13 +58,20 @@ class Collider:
         self.engine = engine
         self.method = self.engine.method
         self.verifier = Verifier(net, self.engine.norm, self.engine.domain)
-        self._plans: dict[str, CutPlan] = {}
+        self._plans: dict[str, CutPlan] = {c: p for c, p in (plans or {}).items()
+                                           if p.net is net and p.norm == engine.norm and p.domain == engine.domain}
         self._descents: dict[str, PatternDescent] = {}
         self._helper: Collider | None = None  # the exact method's descent
 
     @property
     def profile(self):
         return self.engine.profile
+
+    @property
+    def plans(self) -> dict[str, CutPlan]:
+        """The cut plans prepared so far (with their row spaces), for another collider of the
+        same network and engine (``Collider(net, engine, plans=...)``)."""
+        return dict(self._plans)
 
     def plan(self, cut: str) -> CutPlan:
         if cut not in self._plans:
@@ -92,7 +103,7 @@ class Collider:
         return X[0]
 
     def _verified(self, cut, u, v, u_adv, v_adv, method, t0, iterations=0, objective=math.nan, note="") -> Collision:
-        u_adv, v_adv = self.verifier.clip(u_adv), self.verifier.clip(v_adv)
+        u_adv, v_adv = _reachable(u, self.verifier.clip(u_adv)), _reachable(v, self.verifier.clip(v_adv))
         verdict = self.verifier.check(cut, u, v, u_adv, v_adv)
         common = dict(cut=cut, method=method, solver=self.engine.name, iterations=iterations,
                       seconds=time.perf_counter() - t0, residual=verdict.residual,
@@ -106,6 +117,11 @@ class Collider:
     def _failed(self, cut, t0, message, iterations=0) -> Collision:
         return Collision(cut=cut, status=CollisionStatus.FAILED, method=self.method, solver=self.engine.name,
                          iterations=iterations, seconds=time.perf_counter() - t0, message=message)
+
+    def _timed_out(self, cut, t0, iterations=0) -> Collision:
+        return Collision(cut=cut, status=CollisionStatus.TIMED_OUT, method=self.method, solver=self.engine.name,
+                         iterations=iterations, seconds=time.perf_counter() - t0,
+                         message="the time budget ended before this cut's computation did (not a result)")
 
     def collide(self, cut: str, u, v) -> Collision:
         """One pair at one cut. The descent keeps the collision of a closed-form cut that
@@ -123,23 +139,29 @@ class Collider:
         return cut
 
     def _collide(self, cut: str, u: np.ndarray, v: np.ndarray, start: Collision | None,
-                 stop: GridStop | None = None) -> Collision:
+                 stop: GridStop | None = None, deadline: float | None = None) -> Collision:
         t0 = time.perf_counter()
         plan = self.plan(cut)
         usable = start if (start is not None and start.status is CollisionStatus.FOUND
                            and self.method == "descent") else None
         try:
+            if plan.kind in ("identity", "affine") and closed_form(plan):
+                ua, va = pair_collision(plan, u, v)
+                return self._verified(cut, u, v, ua, va, "closed_form", t0)
+            if _past(deadline):
+                return self._timed_out(cut, t0)
             if plan.kind in ("identity", "affine"):
-                if closed_form(plan):
-                    ua, va = pair_collision(plan, u, v)
-                    return self._verified(cut, u, v, ua, va, "closed_form", t0)
-                return self._affine_lp(cut, plan, u, v, t0)
+                return self._affine_lp(cut, plan, u, v, t0, deadline)
             if self.method == "closed_form":
                 return Collision(cut=cut, status=CollisionStatus.NOT_APPLICABLE, method="closed_form",
                                  solver=self.engine.name,
                                  message=f"{cut} is piecewise linear: no closed form (use descent)")
             if self.method == "exact":
-                return self._exact(cut, u, v, t0)
+                return self._exact(cut, u, v, t0, deadline)
+            if self.method == "apgd":  # the Auto-PGD baseline, polished by one LP (collision/apgd.py)
+                from .apgd import apgd_collision
+
+                return apgd_collision(self, cut, u, v, t0)
             if stop is not None:
                 fu, fv = self.net.forward(np.stack([u, v]), cut=cut)
                 if np.array_equal(fu, fv):  # the points themselves collide: eps = 0
@@ -150,22 +172,29 @@ class Collider:
                 # descent here cannot change an edge
                 return self._verified(cut, u, v, usable.u_adv, usable.v_adv, self.method, t0,
                                       note=f"kept the collision found at {usable.cut} (below the grid)")
-            d = self._descent(cut)
-            mid = (u + v) / 2.0
-            chained = [(usable.u_adv, usable.v_adv)] if usable is not None else []
-            if self.method == "faithful":
-                starts = [(mid, mid)]
-            elif self.engine.start == "shallower":
-                starts = chained + [(mid, mid)]  # the second start only if the first fails
-            else:
-                starts = [(mid, mid)] + chained
-            out = d.run(u, v, starts, stop)
+            out = self._descent(cut).run(u, v, self._starts(u, v, usable), stop, deadline=deadline)
         except np.linalg.LinAlgError as err:  # numerical trouble in the set-up of one pair
             return self._failed(cut, t0, f"linear algebra failed: {err}")
+        if out.timed_out:
+            return self._timed_out(cut, t0, out.lp_solves)
         if out.failed:
             # a solver failure is a failure of the pair at this cut, counted as such; its
             # shallower collisions still count as edges here (bounds take the minimum over them)
             return self._failed(cut, t0, out.message, out.lp_solves)
+        return self._descended(cut, u, v, out, usable, t0)
+
+    def _starts(self, u, v, usable: Collision | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The descent's starts: the midpoint, and the collision of a determining cut (first
+        with profile ``start: shallower``; a later start only runs if the first fails)."""
+        mid = (u + v) / 2.0
+        chained = [(usable.u_adv, usable.v_adv)] if usable is not None else []
+        if self.method == "faithful":
+            return [(mid, mid)]
+        return chained + [(mid, mid)] if self.engine.start == "shallower" else [(mid, mid)] + chained
+
+    def _descended(self, cut, u, v, out, usable: Collision | None, t0) -> Collision:
+        """The verified result of a descent that ended (or the determining cut's collision,
+        kept when it is better)."""
         result = None
         if out.found:
             result = self._verified(cut, u, v, out.u_adv, out.v_adv, self.method, t0, out.lp_solves, out.objective,
@@ -182,11 +211,13 @@ class Collider:
             result = self._check(result, out.problem)
         return result
 
-    def _affine_lp(self, cut: str, plan: CutPlan, u, v, t0) -> Collision:
+    def _affine_lp(self, cut: str, plan: CutPlan, u, v, t0, deadline: float | None = None) -> Collision:
         """An affine cut without a closed form (l-inf / l1, or an input domain): one LP."""
         problem = affine_problem(plan, u, v)
-        sol = with_fallbacks(self.engine.lp.solve_min_max_norm(problem, self.engine.lp_options), problem,
-                             self.engine.fallbacks)
+        sol = self.engine.lp.solve_min_max_norm(problem, _limited(self.engine.lp, self.engine.lp_options, deadline))
+        if _past(deadline) and not sol.ok:
+            return self._timed_out(cut, t0, sol.iterations)
+        sol = with_fallbacks(sol, problem, self.engine.fallbacks)
         if not sol.ok:
             return Collision(cut=cut, status=CollisionStatus.FAILED, method="lp", solver=self.engine.name,
                              seconds=time.perf_counter() - t0,
@@ -205,7 +236,7 @@ class Collider:
         return replace(result, check_solver=self.engine.check.name, check_eps=eps,
                        message="; ".join(m for m in (result.message, note) if m))
 
-    def _exact(self, cut: str, u: np.ndarray, v: np.ndarray, t0: float) -> Collision:
+    def _exact(self, cut: str, u: np.ndarray, v: np.ndarray, t0: float, deadline: float | None = None) -> Collision:
         """eps* by the mixed-integer program, started from (and bounded by) the descent's
         verified collision."""
         from .exact import build_exact_model, model_size
@@ -213,7 +244,9 @@ class Collider:
         backend = self.engine.exact
         if self._helper is None:
             self._helper = Collider(self.net, self.engine.descent)
-        start = self._helper.collide_cuts(u, v, (cut,))[cut]
+        start = self._helper.collide_cuts(u, v, (cut,), deadline=deadline)[cut]
+        if start.status is CollisionStatus.TIMED_OUT:
+            return self._timed_out(cut, t0)
         if start.status is not CollisionStatus.FOUND:
             return replace(start, method="exact", solver=self.engine.name,
                            message=f"no descent collision to bound the exact model: {start.message}")
@@ -224,7 +257,9 @@ class Collider:
         if refusal:
             raise SolverError(refusal)
         em = build_exact_model(plan, u, v, radius)
-        res = backend.solve_model(em.model, self.engine.exact_options)
+        res = backend.solve_model(em.model, _limited(backend, self.engine.exact_options, deadline))
+        if _past(deadline) and res.termination in (Termination.TIME_LIMIT, Termination.ERROR):
+            return self._timed_out(cut, t0, res.nodes)
         if res.termination is Termination.ERROR and not res.has_incumbent:
             raise SolverError(res.message)
         best = start
@@ -248,14 +283,18 @@ class Collider:
                        termination=res.termination.value, iterations=res.nodes, seconds=time.perf_counter() - t0,
                        message="; ".join(notes))
 
-    def collide_cuts(self, u, v, cuts: tuple[str, ...] | None = None, grid=None) -> dict[str, Collision]:
+    def collide_cuts(self, u, v, cuts: tuple[str, ...] | None = None, grid=None, *, deadline: float | None = None,
+                     known: dict[str, Collision] | None = None) -> dict[str, Collision]:
         """All requested cuts (default: every cut) for one pair, in network order. The collision
         of a cut that determines another (requested, or with a closed form) is one there too:
         each descent may start from the best of those and keeps it when it is better -- this is
         the one place the walk over shallower cuts is decided. ``grid``: the budgets the results
         are for; a descent stops once its eps is below every positive one
         (:class:`~fxverify.collision.descent.GridStop`; None: every descent runs to its local
-        optimum)."""
+        optimum). ``deadline`` (a :func:`time.monotonic` time): a cut whose method is still
+        running at it, and every later one, is returned ``timed-out`` (not a result).
+        ``known``: this pair's results already found at some cuts (a resumed run's stored ones,
+        found collisions with their points): taken as they are, exactly as if computed here."""
         from .. import _checks
 
         stop = None if grid is None else GridStop(tuple(sorted(_checks.budget_grid(grid, "grid"))))
@@ -265,21 +304,55 @@ class Collider:
         for c in wanted:
             self.net.cut_index(c)
         if self.method != "descent":
-            return {c: self._collide(c, u, v, None) for c in wanted}
-        # the requested cuts, and the cuts with a closed form that determine them (cheap): each
-        # descent may start from, and keeps, the best collision among those
+            return {c: self._collide(c, u, v, None, deadline=deadline) for c in wanted}
+        out = {c: r for c, r in (known or {}).items()
+               if r.status is not CollisionStatus.FOUND or r.u_adv is not None}
+        for cut in self._walk(wanted):
+            if cut not in out:
+                out[cut] = self._collide(cut, u, v, self._best_start(cut, out), stop, deadline)
+        return {c: out[c] for c in wanted}
+
+    def _walk(self, wanted: tuple[str, ...]) -> list[str]:
+        """The requested cuts and the cuts with a closed form that determine them (cheap), in
+        network order: each descent may start from, and keeps, the best collision among those."""
         need = set(wanted)
         for c in wanted:
             need.update(d for d in self.net.dominators(c) if closed_form(self.plan(d)))
-        out: dict[str, Collision] = {}
-        for cut in (c for c in self.net.cuts if c in need):
-            best = None
-            for dom in self.net.dominators(cut)[:-1]:
-                r = out.get(dom)
-                if r is not None and r.status is CollisionStatus.FOUND and (best is None or r.eps <= best.eps):
-                    best = r
-            out[cut] = self._collide(cut, u, v, best, stop)
-        return {c: out[c] for c in wanted}
+        return [c for c in self.net.cuts if c in need]
+
+    def _best_start(self, cut: str, out: dict[str, Collision]) -> Collision | None:
+        """The found collision with the smallest eps among the cuts that determine ``cut`` (the
+        deepest of equal ones)."""
+        best = None
+        for dom in self.net.dominators(cut)[:-1]:
+            r = out.get(dom)
+            if r is not None and r.status is CollisionStatus.FOUND and (best is None or r.eps <= best.eps):
+                best = r
+        return best
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _limited(backend, options: SolverOptions, deadline: float | None) -> SolverOptions:
+    """``options`` with the time left before ``deadline`` as its time limit, when the backend
+    honours one."""
+    if deadline is None or "time_limit" not in backend.portable_options:
+        return options
+    left = max(1e-3, deadline - time.monotonic())
+    return replace(options, time_limit=left if options.time_limit is None else min(left, options.time_limit))
+
+
+def _reachable(base: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x`` moved (by at most an ulp per entry) so that ``base + (x - base) == x`` in float64:
+    the stored difference (the witness) then reproduces the point bit for bit."""
+    for _ in range(4):
+        y = base + (x - base)
+        if np.array_equal(y, x):
+            break
+        x = y
+    return x
 
 
 # one collider per (network, engine settings), kept while the network lives
@@ -291,7 +364,7 @@ def collide(network: Network, cut: str, u, v, method: str | None = None, solver=
             ) -> Collision:
     """Find and verify a collision of ``u`` and ``v`` at ``cut``.
 
-    ``method``: ``descent`` (default), ``faithful``, ``closed_form`` or ``exact``; ``solver``: a
+    ``method``: ``descent`` (default), ``faithful``, ``closed_form``, ``exact`` or ``apgd``; ``solver``: a
     profile name or file, a backend name or a :class:`~fxverify.profiles.SolverProfile`
     (default: the ``descent-activeset`` profile; ``exact-scip`` for the exact method); ``norm``: ``"l2"`` (default), ``"linf"`` or ``"l1"``;
     ``domain``: ``(lo, hi)`` keeps the perturbed points in that box (e.g. ``(0, 1)``). The result
