@@ -1,9 +1,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
+# One BLAS thread, as the CLI and its workers run (README, "Executors"): the descent's LPs are
+# small dense problems on which threaded BLAS only contends (on a loaded machine by a factor of
+# ten and more), and one thread everywhere gives the CLI's bit-identical rounding. Set before
+# numpy loads; threadpoolctl for a BLAS a plugin may have loaded already.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+_BLAS_LIMIT = threadpool_limits(limits=1)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

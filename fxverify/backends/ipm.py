@@ -242,12 +242,6 @@ class IpmSolver:
         self.max_iter = max_iter
         self.deadline = deadline
 
-    # -- layout of the iterate -------------------------------------------------------------
-    # variables: s_u, s_v (r each), [sigma_u, sigma_v for l1], tau
-    # inequality blocks per point p: rows (m_p), domain hi (|hi_idx|), domain lo (|lo_idx|),
-    #   l-inf: upper (r), lower (r); l1: plus (r), minus (r), sum (1); l2: a cone (1 + r)
-    # and tau >= 0, tau <= TAU_MAX
-
     def solve(self):
         """(tau, [s_u, s_v], [row duals of u, of v], equality duals, iterations) of the
         homogenised problem. When the Newton systems become too ill-conditioned to go on (the
@@ -262,233 +256,308 @@ class IpmSolver:
             raise
 
     def _iterate(self):
-        P = self.P
-        r, q, norm = P.r, P.q, P.norm
-        pts = P.pts
-        l1 = norm == "l1"
-        l2 = norm == "l2"
-        # primal variables
-        s = [np.zeros(r), np.zeros(r)]
-        sig = [np.full(r, 1.0 / (2 * r)) for _ in range(2)] if l1 else None
-        tau = 0.0
-        y = np.zeros(q)
-        # slacks (w) and duals (z) of every orthant block, per point
-        def ones(n):
-            return np.ones(n)
-
-        W = []  # per point dict of slack arrays
-        Z = []
-        for p in pts:
-            wp = {"rows": ones(p.m), "hi": ones(p.hi_idx.size), "lo": ones(p.lo_idx.size)}
-            zp = {"rows": ones(p.m), "hi": ones(p.hi_idx.size), "lo": ones(p.lo_idx.size)}
-            if norm == "linf":
-                for k in ("bu", "bl"):
-                    wp[k], zp[k] = ones(r), ones(r)
-            elif l1:
-                for k in ("bu", "bl"):
-                    wp[k], zp[k] = ones(r), ones(r)
-                wp["sum"], zp["sum"] = ones(1), ones(1)
-            W.append(wp)
-            Z.append(zp)
-        # l2 cones: slack (1, s_p) - like, initial identity
-        cw = [np.concatenate([[1.0], np.zeros(r)]) for _ in range(2)] if l2 else None
-        cz = [np.concatenate([[1.0], np.zeros(r)]) for _ in range(2)] if l2 else None
-        tw = np.ones(1)  # slack of -tau <= 0
-        tz = np.ones(1)
-        nu = sum(sum(v.size for v in wp.values()) for wp in W) + 1 + (2 if l2 else 0)
-
+        pt = _Iterate(self.P)
         it = 0
         best = None  # the most accurate iterate so far, for a numerical failure near the optimum
         for it in range(1, self.max_iter + 1):
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise _TimeLimit()
-            # ---- residuals --------------------------------------------------------------
-            # primal: G z + w - h = rz (per block)
-            rz = []
-            for k, p in enumerate(pts):
-                d = {"rows": p.Cx(s[k]) - p.h * tau + W[k]["rows"],
-                     "hi": s[k][p.hi_idx] - p.hi * tau + W[k]["hi"],
-                     "lo": -s[k][p.lo_idx] + p.lo * tau + W[k]["lo"]}
-                if norm == "linf":
-                    d["bu"] = s[k] - 1.0 + W[k]["bu"]
-                    d["bl"] = -s[k] - 1.0 + W[k]["bl"]
-                elif l1:
-                    d["bu"] = s[k] - sig[k] + W[k]["bu"]
-                    d["bl"] = -s[k] - sig[k] + W[k]["bl"]
-                    d["sum"] = np.array([sig[k].sum() - 1.0]) + W[k]["sum"]
-                rz.append(d)
-            # cone: slack = (1, s) -> G rows [0; -I], h = (1, 0): G z + w - h = (w0 - 1, w1 - s)
-            rc = [np.concatenate([[cw[k][0] - 1.0], cw[k][1:] - s[k]]) for k in range(2)] if l2 else None
-            rt = np.array([-tau + tw[0]])
-            re = pts[0].A @ s[0] + pts[1].A @ s[1] - P.b * tau if q else np.zeros(0)
-            # dual: c + G' z + A' y = rx (c = -e_tau)
-            rx = []
-            rsig = []
-            rtau = -1.0 - tz[0]
-            for k, p in enumerate(pts):
-                g = p.CTy(Z[k]["rows"])
-                g[p.hi_idx] += Z[k]["hi"]
-                g[p.lo_idx] -= Z[k]["lo"]
-                rtau += -float(p.h @ Z[k]["rows"]) - float(p.hi @ Z[k]["hi"]) + float(p.lo @ Z[k]["lo"])
-                if norm in ("linf", "l1"):
-                    g += Z[k]["bu"] - Z[k]["bl"]
-                if l1:
-                    rsig.append(-Z[k]["bu"] - Z[k]["bl"] + Z[k]["sum"][0])
-                if l2:
-                    g -= cz[k][1:]
-                if q:
-                    g += p.A.T @ y
-                rx.append(g)
-            if q:
-                rtau -= float(P.b @ y)
-            gap = sum(float(W[k][key] @ Z[k][key]) for k in range(2) for key in W[k]) + float(tw @ tz)
-            if l2:
-                gap += sum(float(cw[k] @ cz[k]) for k in range(2))
-            mu = gap / nu
-            pres = max([float(np.abs(v).max(initial=0.0)) for d in rz for v in d.values()]
-                       + [float(np.abs(rt).max()), float(np.abs(re).max(initial=0.0))]
-                       + ([float(np.abs(v).max()) for v in rc] if l2 else []))
-            dres = max([float(np.abs(v).max(initial=0.0)) for v in rx] + [abs(rtau)]
-                       + [float(np.abs(v).max(initial=0.0)) for v in rsig])
-            scale = max(1.0, tau)
-            zscale = max([1.0, float(tz.max())] + [float(v.max(initial=0.0)) for zp in Z for v in zp.values()]
-                         + ([float(v[0]) for v in cz] if l2 else []))
-            if gap <= self.tol * scale and pres <= self.tol * scale and dres <= self.tol * zscale:
+            R = pt.residuals()
+            if R.gap <= self.tol * R.scale and R.pres <= self.tol * R.scale and R.dres <= self.tol * R.zscale:
                 break
-            acc = max(gap / scale, pres / scale, dres / zscale)
+            acc = max(R.gap / R.scale, R.pres / R.scale, R.dres / R.zscale)
             if best is not None and best[0] <= NEAR_OPTIMAL and acc > 1e3 * best[0]:
                 return best[1]  # the last digits: rounding made the step worse, keep the accurate point
             if best is None or acc <= best[0]:
-                best = (acc, (tau, [v.copy() for v in s], [Z[k]["rows"].copy() for k in range(2)], y.copy(), it))
+                best = (acc, pt.snapshot(it))
                 self._best = best
-            # ---- scaling: orthant weights D = z / w; cones NT ------------------------------
-            D = [{key: Z[k][key] / W[k][key] for key in W[k]} for k in range(2)]
-            soc = [_SocScaling.of(cw[k], cz[k]) for k in range(2)] if l2 else None
-            Dt = tz / tw
-            sys_ = _KKT(P, D, soc, Dt, tau)
-
-            def direction(sig_mu: float, corr):
-                """Solve the Newton system with complementarity target sig_mu e - corr."""
-                # orthant blocks: w dz + z dw = sig_mu - w z - corr  (per entry)
-                # eliminate: dw = -rz - G dx ; dz = (target + z (rz + G dx)) / w
-                #          = D (G dx) + tvec,  tvec = (target - w z + z rz) / w
-                tv = []
-                for k in range(2):
-                    t = {}
-                    for key in W[k]:
-                        cc = 0.0 if corr is None else corr[k][key]
-                        t[key] = (sig_mu - W[k][key] * Z[k][key] - cc + Z[k][key] * rz[k][key]) / W[k][key]
-                    tv.append(t)
-                ct = 0.0 if corr is None else corr[2]
-                tvt = (sig_mu - tw * tz - ct + tz * rt) / tw
-                # cones: lambda o (W^-1 dw + W dz) = d_s, d_s = sig_mu e - lambda o lambda - corr
-                #   => dz = W^-2 (G dx + rc) + W^-1 (lambda \ d_s)   [since dw = -rc - G dx]
-                cvec = None
-                lam = None
-                if l2:
-                    cvec = []
-                    lam = [soc[k].apply(cz[k]) for k in range(2)]
-                    for k in range(2):
-                        e = np.zeros(r + 1)
-                        e[0] = 1.0
-                        dsv = sig_mu * e - _soc_prod(lam[k], lam[k]) - (0.0 if corr is None else corr[3][k])
-                        u = _soc_div(lam[k], dsv)
-                        # dz = W^-2 (G dx) + [W^-2 rc + W^-1 u]
-                        cvec.append(soc[k].apply_inv(soc[k].apply_inv(rc[k])) + soc[k].apply_inv(u))
-                # right-hand side of  H dx + A' dy = -rx - G' tvec ,  A dx = -re
-                bx = []
-                bsig = []
-                btau = -rtau
-                for k, p in enumerate(pts):
-                    g = -rx[k] - p.CTy(tv[k]["rows"])
-                    g[p.hi_idx] -= tv[k]["hi"]
-                    g[p.lo_idx] += tv[k]["lo"]
-                    btau += float(p.h @ tv[k]["rows"]) + float(p.hi @ tv[k]["hi"]) - float(p.lo @ tv[k]["lo"])
-                    if norm in ("linf", "l1"):
-                        g -= tv[k]["bu"] - tv[k]["bl"]
-                    if l1:
-                        bsig.append(-rsig[k] + tv[k]["bu"] + tv[k]["bl"] - tv[k]["sum"][0])
-                    if l2:
-                        g += cvec[k][1:]  # G' dz with G = [0; -I]: -dz[1:]
-                    bx.append(g)
-                btau += tvt[0]
-                dx, dsig, dtau, dy = sys_.solve(bx, bsig, btau, -re)
-                # recover slacks and duals
-                dW, dZ = [], []
-                for k, p in enumerate(pts):
-                    gd = {"rows": p.Cx(dx[k]) - p.h * dtau, "hi": dx[k][p.hi_idx] - p.hi * dtau,
-                          "lo": -dx[k][p.lo_idx] + p.lo * dtau}
-                    if norm == "linf":
-                        gd["bu"], gd["bl"] = dx[k], -dx[k]
-                    elif l1:
-                        gd["bu"], gd["bl"] = dx[k] - dsig[k], -dx[k] - dsig[k]
-                        gd["sum"] = np.array([dsig[k].sum()])
-                    dW.append({key: -rz[k][key] - gd[key] for key in gd})
-                    dZ.append({key: D[k][key] * gd[key] + tv[k][key] for key in gd})
-                gt = np.array([-dtau])
-                dtw = -rt - gt
-                dtz = Dt * gt + tvt
-                dcw = dcz = None
-                if l2:
-                    dcw, dcz = [], []
-                    for k in range(2):
-                        gdx = np.concatenate([[0.0], -dx[k]])
-                        dcw.append(-rc[k] - gdx)
-                        dcz.append(soc[k].apply_inv(soc[k].apply_inv(gdx)) + cvec[k])
-                return dx, dsig, dtau, dy, dW, dZ, dtw, dtz, dcw, dcz
-
-            def steplen(dW, dZ, dtw, dtz, dcw, dcz):
-                ap = ad = math.inf
-                for k in range(2):
-                    for key in W[k]:
-                        ap = min(ap, _orth_step(W[k][key], dW[k][key]))
-                        ad = min(ad, _orth_step(Z[k][key], dZ[k][key]))
-                ap = min(ap, _orth_step(tw, dtw))
-                ad = min(ad, _orth_step(tz, dtz))
-                if l2:
-                    for k in range(2):
-                        ap = min(ap, _soc_step(cw[k], dcw[k]))
-                        ad = min(ad, _soc_step(cz[k], dcz[k]))
-                return min(1.0, ap), min(1.0, ad)
-
-            aff = direction(0.0, None)
-            ap, ad = steplen(*aff[4:])
-            gap_aff = float(((tw + ap * aff[6]) @ (tz + ad * aff[7])))
-            for k in range(2):
-                for key in W[k]:
-                    gap_aff += float((W[k][key] + ap * aff[4][k][key]) @ (Z[k][key] + ad * aff[5][k][key]))
-                if l2:
-                    gap_aff += float((cw[k] + ap * aff[8][k]) @ (cz[k] + ad * aff[9][k]))
-            sigma = min(1.0, max(0.0, gap_aff / gap)) ** 3
-            corr = [{key: aff[4][k][key] * aff[5][k][key] for key in W[k]} for k in range(2)]
-            corr.append(aff[6] * aff[7])
-            if l2:
-                # second-order correction in scaled coordinates: (W^-1 dw_a) o (W dz_a)
-                corr.append([_soc_prod(soc[k].apply_inv(aff[8][k]), soc[k].apply(aff[9][k])) for k in range(2)])
-            dx, dsig, dtau, dy, dW, dZ, dtw, dtz, dcw, dcz = direction(sigma * mu, corr)
-            ap, ad = steplen(dW, dZ, dtw, dtz, dcw, dcz)
-            ap, ad = min(1.0, 0.99 * ap), min(1.0, 0.99 * ad)
-            for k in range(2):
-                s[k] = s[k] + ap * dx[k]
-                if l1:
-                    sig[k] = sig[k] + ap * dsig[k]
-                for key in W[k]:
-                    W[k][key] = W[k][key] + ap * dW[k][key]
-                    Z[k][key] = Z[k][key] + ad * dZ[k][key]
-                if l2:
-                    cw[k] = cw[k] + ap * dcw[k]
-                    cz[k] = cz[k] + ad * dcz[k]
-            tau += ap * dtau
-            tw = tw + ap * dtw
-            tz = tz + ad * dtz
-            y = y + ad * dy
-            if not (np.isfinite(tau) and all(np.all(np.isfinite(v)) for v in s)):
+            # predictor (affine scaling), then Mehrotra's corrector with its centring weight
+            newton = pt.newton_system()
+            aff = pt.direction(R, newton, 0.0, None)
+            ap, ad = pt.step_lengths(aff)
+            sigma = min(1.0, max(0.0, pt.gap_after(aff, ap, ad) / R.gap)) ** 3
+            step = pt.direction(R, newton, sigma * R.mu, pt.correction(aff, newton.soc))
+            ap, ad = pt.step_lengths(step)
+            pt.advance(step, min(1.0, 0.99 * ap), min(1.0, 0.99 * ad))
+            if not (np.isfinite(pt.tau) and all(np.all(np.isfinite(v)) for v in pt.s)):
                 raise _Numerical("the iterates are not finite")
-            if tau > TAU_MAX:
+            if pt.tau > TAU_MAX:
                 break  # unbounded: the pattern lets the points collide (almost) unperturbed
         else:
             raise _Numerical(f"no convergence in {self.max_iter} iterations (accuracy {best[0]:.1e})")
-        return tau, s, [Z[k]["rows"] for k in range(2)], y, it
+        return pt.tau, pt.s, [pt.Z[k]["rows"] for k in range(2)], pt.y, it
+
+
+@dataclass
+class _Residuals:
+    """The residuals of an iterate: primal per orthant block (rz), cones (rc), tau's slack (rt),
+    equalities (re); dual in x (rx), sigma (rsig), tau (rtau); the duality gap, its mean mu, and
+    the scaled norms the stopping test compares."""
+    rz: list
+    rc: list | None
+    rt: np.ndarray
+    re: np.ndarray
+    rx: list
+    rsig: list
+    rtau: float
+    gap: float
+    mu: float
+    pres: float
+    dres: float
+    scale: float
+    zscale: float
+
+
+@dataclass
+class _Newton:
+    """One iteration's scaling (orthant weights D = z / w, the cones' Nesterov-Todd scalings,
+    tau's weight Dt) and its factored Newton system."""
+    D: list
+    soc: list | None
+    Dt: np.ndarray
+    kkt: "_KKT"
+
+
+@dataclass
+class _Step:
+    dx: list
+    dsig: list
+    dtau: float
+    dy: np.ndarray
+    dW: list
+    dZ: list
+    dtw: np.ndarray
+    dtz: np.ndarray
+    dcw: list | None
+    dcz: list | None
+
+
+class _Iterate:
+    """The homogenised iterate: primal s (and sigma for l1), tau, equality duals y; every
+    orthant block's slack W and dual Z per point; the l2 cones' slack cw and dual cz; tau's
+    slack tw and dual tz.
+
+    Layout: variables s_u, s_v (r each), [sigma_u, sigma_v for l1], tau; inequality blocks per
+    point: rows (m_p), domain hi (|hi_idx|), domain lo (|lo_idx|); l-inf: upper (r), lower (r);
+    l1: plus (r), minus (r), sum (1); l2: a cone (1 + r); and tau >= 0."""
+
+    def __init__(self, P: "_Problem"):
+        self.P = P
+        r, norm = P.r, P.norm
+        self.l1, self.l2 = norm == "l1", norm == "l2"
+        self.s = [np.zeros(r), np.zeros(r)]
+        self.sig = [np.full(r, 1.0 / (2 * r)) for _ in range(2)] if self.l1 else None
+        self.tau = 0.0
+        self.y = np.zeros(P.q)
+        self.W, self.Z = [], []
+        for p in P.pts:
+            sizes = {"rows": p.m, "hi": p.hi_idx.size, "lo": p.lo_idx.size}
+            if norm in ("linf", "l1"):
+                sizes.update(bu=r, bl=r)
+            if self.l1:
+                sizes["sum"] = 1
+            self.W.append({key: np.ones(n) for key, n in sizes.items()})
+            self.Z.append({key: np.ones(n) for key, n in sizes.items()})
+        self.cw = [np.concatenate([[1.0], np.zeros(r)]) for _ in range(2)] if self.l2 else None
+        self.cz = [np.concatenate([[1.0], np.zeros(r)]) for _ in range(2)] if self.l2 else None
+        self.tw = np.ones(1)  # slack of -tau <= 0
+        self.tz = np.ones(1)
+        self.nu = sum(sum(v.size for v in wp.values()) for wp in self.W) + 1 + (2 if self.l2 else 0)
+
+    def snapshot(self, it: int):
+        return (self.tau, [v.copy() for v in self.s], [self.Z[k]["rows"].copy() for k in range(2)],
+                self.y.copy(), it)
+
+    def residuals(self) -> _Residuals:
+        P, norm, W, Z, s, tau = self.P, self.P.norm, self.W, self.Z, self.s, self.tau
+        # primal: G z + w - h = rz (per block)
+        rz = []
+        for k, p in enumerate(P.pts):
+            d = {"rows": p.Cx(s[k]) - p.h * tau + W[k]["rows"],
+                 "hi": s[k][p.hi_idx] - p.hi * tau + W[k]["hi"],
+                 "lo": -s[k][p.lo_idx] + p.lo * tau + W[k]["lo"]}
+            if norm == "linf":
+                d["bu"] = s[k] - 1.0 + W[k]["bu"]
+                d["bl"] = -s[k] - 1.0 + W[k]["bl"]
+            elif self.l1:
+                d["bu"] = s[k] - self.sig[k] + W[k]["bu"]
+                d["bl"] = -s[k] - self.sig[k] + W[k]["bl"]
+                d["sum"] = np.array([self.sig[k].sum() - 1.0]) + W[k]["sum"]
+            rz.append(d)
+        # cone: slack = (1, s) -> G rows [0; -I], h = (1, 0): G z + w - h = (w0 - 1, w1 - s)
+        cw, cz = self.cw, self.cz
+        rc = [np.concatenate([[cw[k][0] - 1.0], cw[k][1:] - s[k]]) for k in range(2)] if self.l2 else None
+        rt = np.array([-tau + self.tw[0]])
+        re = P.pts[0].A @ s[0] + P.pts[1].A @ s[1] - P.b * tau if P.q else np.zeros(0)
+        rx, rsig, rtau = self._dual_residuals()
+        gap = sum(float(W[k][key] @ Z[k][key]) for k in range(2) for key in W[k]) + float(self.tw @ self.tz)
+        if self.l2:
+            gap += sum(float(cw[k] @ cz[k]) for k in range(2))
+        pres = max([float(np.abs(v).max(initial=0.0)) for d in rz for v in d.values()]
+                   + [float(np.abs(rt).max()), float(np.abs(re).max(initial=0.0))]
+                   + ([float(np.abs(v).max()) for v in rc] if self.l2 else []))
+        dres = max([float(np.abs(v).max(initial=0.0)) for v in rx] + [abs(rtau)]
+                   + [float(np.abs(v).max(initial=0.0)) for v in rsig])
+        zscale = max([1.0, float(self.tz.max())] + [float(v.max(initial=0.0)) for zp in Z for v in zp.values()]
+                     + ([float(v[0]) for v in cz] if self.l2 else []))
+        return _Residuals(rz, rc, rt, re, rx, rsig, rtau, gap, gap / self.nu, pres, dres, max(1.0, tau), zscale)
+
+    def _dual_residuals(self):
+        """c + G' z + A' y = rx (c = -e_tau), per point, for sigma (l1) and for tau."""
+        P, Z, y = self.P, self.Z, self.y
+        rx, rsig = [], []
+        rtau = -1.0 - self.tz[0]
+        for k, p in enumerate(P.pts):
+            g = p.CTy(Z[k]["rows"])
+            g[p.hi_idx] += Z[k]["hi"]
+            g[p.lo_idx] -= Z[k]["lo"]
+            rtau += -float(p.h @ Z[k]["rows"]) - float(p.hi @ Z[k]["hi"]) + float(p.lo @ Z[k]["lo"])
+            if P.norm in ("linf", "l1"):
+                g += Z[k]["bu"] - Z[k]["bl"]
+            if self.l1:
+                rsig.append(-Z[k]["bu"] - Z[k]["bl"] + Z[k]["sum"][0])
+            if self.l2:
+                g -= self.cz[k][1:]
+            if P.q:
+                g += p.A.T @ y
+            rx.append(g)
+        if P.q:
+            rtau -= float(P.b @ y)
+        return rx, rsig, rtau
+
+    def newton_system(self) -> _Newton:
+        D = [{key: self.Z[k][key] / self.W[k][key] for key in self.W[k]} for k in range(2)]
+        soc = [_SocScaling.of(self.cw[k], self.cz[k]) for k in range(2)] if self.l2 else None
+        Dt = self.tz / self.tw
+        return _Newton(D, soc, Dt, _KKT(self.P, D, soc, Dt, self.tau))
+
+    def direction(self, R: _Residuals, N: _Newton, sig_mu: float, corr) -> _Step:
+        """Solve the Newton system with complementarity target sig_mu e - corr."""
+        W, Z = self.W, self.Z
+        # orthant blocks: w dz + z dw = sig_mu - w z - corr  (per entry)
+        # eliminate: dw = -rz - G dx ; dz = (target + z (rz + G dx)) / w
+        #          = D (G dx) + tvec,  tvec = (target - w z + z rz) / w
+        tv = []
+        for k in range(2):
+            t = {}
+            for key in W[k]:
+                cc = 0.0 if corr is None else corr[k][key]
+                t[key] = (sig_mu - W[k][key] * Z[k][key] - cc + Z[k][key] * R.rz[k][key]) / W[k][key]
+            tv.append(t)
+        ct = 0.0 if corr is None else corr[2]
+        tvt = (sig_mu - self.tw * self.tz - ct + self.tz * R.rt) / self.tw
+        cvec = self._cone_terms(R, N, sig_mu, corr) if self.l2 else None
+        dx, dsig, dtau, dy = N.kkt.solve(*self._newton_rhs(R, tv, tvt, cvec), -R.re)
+        return self._recover(R, N, tv, tvt, cvec, dx, dsig, dtau, dy)
+
+    def _cone_terms(self, R: _Residuals, N: _Newton, sig_mu: float, corr) -> list:
+        """Cones: lambda o (W^-1 dw + W dz) = d_s, d_s = sig_mu e - lambda o lambda - corr
+        => dz = W^-2 (G dx + rc) + W^-1 (lambda \\ d_s)   [since dw = -rc - G dx]; returns
+        the constant part W^-2 rc + W^-1 u of dz per cone."""
+        soc, r = N.soc, self.P.r
+        cvec = []
+        for k in range(2):
+            lam = soc[k].apply(self.cz[k])
+            e = np.zeros(r + 1)
+            e[0] = 1.0
+            dsv = sig_mu * e - _soc_prod(lam, lam) - (0.0 if corr is None else corr[3][k])
+            u = _soc_div(lam, dsv)
+            cvec.append(soc[k].apply_inv(soc[k].apply_inv(R.rc[k])) + soc[k].apply_inv(u))
+        return cvec
+
+    def _newton_rhs(self, R: _Residuals, tv, tvt, cvec):
+        """Right-hand side of  H dx + A' dy = -rx - G' tvec  (per point, sigma, tau)."""
+        bx, bsig = [], []
+        btau = -R.rtau
+        for k, p in enumerate(self.P.pts):
+            g = -R.rx[k] - p.CTy(tv[k]["rows"])
+            g[p.hi_idx] -= tv[k]["hi"]
+            g[p.lo_idx] += tv[k]["lo"]
+            btau += float(p.h @ tv[k]["rows"]) + float(p.hi @ tv[k]["hi"]) - float(p.lo @ tv[k]["lo"])
+            if self.P.norm in ("linf", "l1"):
+                g -= tv[k]["bu"] - tv[k]["bl"]
+            if self.l1:
+                bsig.append(-R.rsig[k] + tv[k]["bu"] + tv[k]["bl"] - tv[k]["sum"][0])
+            if self.l2:
+                g += cvec[k][1:]  # G' dz with G = [0; -I]: -dz[1:]
+            bx.append(g)
+        btau += tvt[0]
+        return bx, bsig, btau
+
+    def _recover(self, R: _Residuals, N: _Newton, tv, tvt, cvec, dx, dsig, dtau, dy) -> _Step:
+        """The slacks' and duals' directions from dx, dsig, dtau."""
+        norm = self.P.norm
+        dW, dZ = [], []
+        for k, p in enumerate(self.P.pts):
+            gd = {"rows": p.Cx(dx[k]) - p.h * dtau, "hi": dx[k][p.hi_idx] - p.hi * dtau,
+                  "lo": -dx[k][p.lo_idx] + p.lo * dtau}
+            if norm == "linf":
+                gd["bu"], gd["bl"] = dx[k], -dx[k]
+            elif self.l1:
+                gd["bu"], gd["bl"] = dx[k] - dsig[k], -dx[k] - dsig[k]
+                gd["sum"] = np.array([dsig[k].sum()])
+            dW.append({key: -R.rz[k][key] - gd[key] for key in gd})
+            dZ.append({key: N.D[k][key] * gd[key] + tv[k][key] for key in gd})
+        gt = np.array([-dtau])
+        dtw = -R.rt - gt
+        dtz = N.Dt * gt + tvt
+        dcw = dcz = None
+        if self.l2:
+            dcw, dcz = [], []
+            for k in range(2):
+                gdx = np.concatenate([[0.0], -dx[k]])
+                dcw.append(-R.rc[k] - gdx)
+                dcz.append(N.soc[k].apply_inv(N.soc[k].apply_inv(gdx)) + cvec[k])
+        return _Step(dx, dsig, dtau, dy, dW, dZ, dtw, dtz, dcw, dcz)
+
+    def step_lengths(self, d: _Step) -> tuple[float, float]:
+        ap = ad = math.inf
+        for k in range(2):
+            for key in self.W[k]:
+                ap = min(ap, _orth_step(self.W[k][key], d.dW[k][key]))
+                ad = min(ad, _orth_step(self.Z[k][key], d.dZ[k][key]))
+        ap = min(ap, _orth_step(self.tw, d.dtw))
+        ad = min(ad, _orth_step(self.tz, d.dtz))
+        if self.l2:
+            for k in range(2):
+                ap = min(ap, _soc_step(self.cw[k], d.dcw[k]))
+                ad = min(ad, _soc_step(self.cz[k], d.dcz[k]))
+        return min(1.0, ap), min(1.0, ad)
+
+    def gap_after(self, d: _Step, ap: float, ad: float) -> float:
+        """The duality gap after steps ap (primal) and ad (dual) along d."""
+        gap = float(((self.tw + ap * d.dtw) @ (self.tz + ad * d.dtz)))
+        for k in range(2):
+            for key in self.W[k]:
+                gap += float((self.W[k][key] + ap * d.dW[k][key]) @ (self.Z[k][key] + ad * d.dZ[k][key]))
+            if self.l2:
+                gap += float((self.cw[k] + ap * d.dcw[k]) @ (self.cz[k] + ad * d.dcz[k]))
+        return gap
+
+    def correction(self, aff: _Step, soc) -> list:
+        """Mehrotra's second-order term of the affine step, per block."""
+        corr = [{key: aff.dW[k][key] * aff.dZ[k][key] for key in self.W[k]} for k in range(2)]
+        corr.append(aff.dtw * aff.dtz)
+        if self.l2:
+            # in scaled coordinates: (W^-1 dw_a) o (W dz_a)
+            corr.append([_soc_prod(soc[k].apply_inv(aff.dcw[k]), soc[k].apply(aff.dcz[k])) for k in range(2)])
+        return corr
+
+    def advance(self, d: _Step, ap: float, ad: float) -> None:
+        for k in range(2):
+            self.s[k] = self.s[k] + ap * d.dx[k]
+            if self.l1:
+                self.sig[k] = self.sig[k] + ap * d.dsig[k]
+            for key in self.W[k]:
+                self.W[k][key] = self.W[k][key] + ap * d.dW[k][key]
+                self.Z[k][key] = self.Z[k][key] + ad * d.dZ[k][key]
+            if self.l2:
+                self.cw[k] = self.cw[k] + ap * d.dcw[k]
+                self.cz[k] = self.cz[k] + ad * d.dcz[k]
+        self.tau += ap * d.dtau
+        self.tw = self.tw + ap * d.dtw
+        self.tz = self.tz + ad * d.dtz
+        self.y = self.y + ad * d.dy
 
 
 class _KKT:
