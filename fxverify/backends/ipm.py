@@ -249,7 +249,10 @@ class IpmSolver:
         iterate is returned if it is within NEAR_OPTIMAL."""
         self._best = None
         try:
-            return self._iterate()
+            # an overflow near the optimum (the row weights spread over many orders of
+            # magnitude) is caught by the finiteness checks of each step, not by warnings
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return self._iterate()
         except _Numerical:
             if self._best is not None and self._best[0] <= NEAR_OPTIMAL:
                 return self._best[1]
