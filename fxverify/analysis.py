@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .bounds import lower_bounds
+from .bounds import lower_bounds, lower_bounds_multiclass
 from .errors import FxverifyError, SpecError
 from .ir import Network
 from .onnx_import import load_model
@@ -59,9 +59,20 @@ def bounds_from_distances(d: Distances, grid, net: Network | None = None) -> tup
             notes.append(f"{c.n_skipped} pairs skipped by the pair selection (they keep the budgets of the cuts "
                          f"that determine this one)")
         mats[cut] = best
-        out.append(CutBounds(cut, tuple(lower_bounds(best, grid)), c.n_pairs, c.n_done, c.n_failed,
+        out.append(CutBounds(cut, tuple(_bounds(d, best, grid)), c.n_pairs, c.n_done, c.n_failed,
                              c.n_not_applicable, c.method, c.seconds, "; ".join(notes), c.n_skipped, c.failures))
     return out, mats
+
+
+def _bounds(d: Distances, eps: np.ndarray, grid) -> list:
+    """Two classes: :func:`lower_bounds` of the n_a x n_b matrix; K classes: the K-class bounds
+    (:func:`lower_bounds_multiclass`) of the N x N matrix, split into its pairs of classes."""
+    if d.labels is None:
+        return lower_bounds(eps, grid)
+    members = [np.flatnonzero(d.labels == k) for k in range(len(d.classes))]
+    blocks = {(d.classes[a], d.classes[b]): eps[np.ix_(members[a], members[b])]
+              for a in range(len(members)) for b in range(a + 1, len(members))}
+    return lower_bounds_multiclass(blocks, np.asarray(d.classes, dtype=np.int64)[d.labels], grid)
 
 
 def load_inputs(model: str | os.PathLike | Network, run) -> tuple[Network, object]:
@@ -99,7 +110,14 @@ def analyze(net: Network, run, points, *, out_dir: str | os.PathLike, cuts: tupl
                     classes=points.classes, n_a=d.n_a, n_b=d.n_b, cuts=tuple(per_cut),
                     seconds=time.perf_counter() - t0, version=__version__, out_dir=str(out_dir),
                     norm=engine.norm.name, domain=None if dom is None else (dom.lo, dom.hi),
-                    unavailable=tuple((u.cut, u.reason) for u in net.unavailable), eps_matrices=mats)
+                    unavailable=tuple((u.cut, u.reason) for u in net.unavailable), eps_matrices=mats,
+                    n_per_class=_counts(points))
+
+
+def _counts(points) -> tuple[int, ...]:
+    if points.multiclass:
+        return tuple(int(k) for k in np.bincount(points.labels, minlength=len(points.classes)))
+    return len(points.X_a), len(points.X_b)
 
 
 def export_witnesses(net: Network, run, points, out_dir: str | os.PathLike, grid=None) -> dict:
@@ -164,7 +182,7 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     if cuts is not None and cuts != "all":
         cuts = [_checks.text(c, f"cuts[{k}]", optional=False) for k, c in enumerate(_checks.sequence(
             cuts, "cuts", "cut names (or 'all')"))]
-    classes = None if classes is None else _checks.int_list(classes, "classes")
+    classes = None if classes is None or classes == "all" else _checks.int_list(classes, "classes")
     _checks.text(norm, "norm")
     if time_budget is not None:
         _checks.real_number(time_budget, "time_budget")

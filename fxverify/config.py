@@ -194,6 +194,8 @@ def apply_overrides(spec, **overrides):
     for k, v in changes.items():
         if k == "cuts":
             v = "all" if v in ("all", ["all"], ("all",)) else list(v)
+        elif k == "classes" and v == "all":
+            v = "all"
         elif k in ("eps", "classes"):
             v = list(v)
         doc[k] = v
