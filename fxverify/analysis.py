@@ -16,7 +16,7 @@ import numpy as np
 
 from ._version import __version__
 from .bounds import lower_bounds, lower_bounds_multiclass
-from .errors import FxverifyError, SpecError
+from .errors import ArgumentError, FxverifyError, SpecError
 from .ir import Network
 from .onnx_import import load_model
 from .pipeline import Progress, compute_distances, run_settings
@@ -153,8 +153,8 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     budget, exactly as ``fxverify bound`` computes them (same store, same results).
 
     ``model``: an ONNX path or a loaded network; ``spec``: a spec path, a :class:`~fxverify.spec.Spec`
-    or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes``, ``norm`` override the spec's
-    fields; ``solver`` / ``solver_options`` its solver profile; ``exhaustive``: every descent to
+    or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes`` (a list of labels, or "all":
+    more than two give the K-class bounds), ``norm`` override the spec's fields; ``solver`` / ``solver_options`` its solver profile; ``exhaustive``: every descent to
     its local optimum (default: a descent stops when it cannot cross a budget of the grid);
     ``select_pairs``: skip pairs that by the measured ratios cannot change a bound (off by
     default); ``witnesses``: store and export every collision's points (``witnesses.npz``);
@@ -182,6 +182,8 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     if cuts is not None and cuts != "all":
         cuts = [_checks.text(c, f"cuts[{k}]", optional=False) for k, c in enumerate(_checks.sequence(
             cuts, "cuts", "cut names (or 'all')"))]
+    if isinstance(classes, str) and classes != "all":
+        raise ArgumentError(f"classes must be a list of integers or 'all', not the string {classes!r}")
     classes = None if classes is None or classes == "all" else _checks.int_list(classes, "classes")
     _checks.text(norm, "norm")
     if time_budget is not None:
