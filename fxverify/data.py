@@ -1,4 +1,4 @@
-"""Data: IDX files, ``.npz`` files and the embedded default sets, and the two-class selection.
+"""Data: IDX files, ``.npz`` files and the embedded default sets, and the selection of classes.
 
 Three sources, all giving images in file order with integer labels:
 
@@ -11,7 +11,7 @@ Three sources, all giving images in file order with integer labels:
   digit 0-9 (``mnist``) and of Fashion-MNIST classes 3 (dress) and 7 (sneaker)
   (``fashion-mnist``). See ``fxverify/datasets/PROVENANCE.md``.
 
-:func:`select_points` then takes ``n`` images of each of two classes (the first ``n`` in file
+:func:`select_points` then takes ``n`` images of each of two or more classes (the first ``n`` in file
 order, or a seeded random sample without replacement) and scales pixels to [0, 1]. Points stay
 flat vectors in the data's own order (C order of ``image_shape``); :func:`fxverify.spec.check_compatible`
 reorders them to the model's input layout.

@@ -14,7 +14,8 @@ npz, every array plain, no pickles) holds, for k collisions over m cuts and d in
 ``feed_offset``                                  (the spec's ``normalize``; ones and zeros without)
 ``input_name``      str, ()                      the ONNX input
 ``input_shape``     int64, (r,)                  the ONNX input shape of one point (batch 1)
-``X_a``, ``X_b``    float64, (n_a, d), (n_b, d)  the two classes' points (flat, C order)
+``X_a``, ``X_b``    float64, (n_a, d), (n_b, d)  the two classes' points (flat, C order); K classes:
+                                                 both are all N points (see ``labels``)
 ``cuts``            str, (m,)                    cut names
 ``tensors``         str, (m,)                    the ONNX tensor holding each cut's features
 ``cut``             int32, (k,)                  the witness's cut (index into ``cuts``)
