@@ -211,3 +211,14 @@ def test_bound_reports_k_classes_and_check_verifies_their_witnesses(tmp_path):
     same = (w["labels"][w["i"]] == w["labels"][w["j"]]) & (w["eps"] <= w["grid"].max())
     bad = witnesses.check(tmp_path)
     assert same.sum() >= 1 and bad.failed == same.sum() and "same class label" in bad.examples[0]
+
+
+def test_distances_npz_of_k_classes_names_the_points_classes(three, tmp_path):
+    from fxverify.cli import _distances_npz
+
+    pts, d = three
+    _distances_npz(tmp_path, d, pts)
+    z = np.load(tmp_path / "distances.npz")
+    assert list(z["classes"]) == [3, 7, 8] and list(z["labels"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    np.testing.assert_array_equal(z["relu2"], d.by_cut["relu2"].eps)
+    assert z["relu2"].shape == (9, 9) and np.isinf(z["relu2"][~pts.pair_mask()]).all()
