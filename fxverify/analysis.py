@@ -154,8 +154,9 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
 
     ``model``: an ONNX path or a loaded network; ``spec``: a spec path, a :class:`~fxverify.spec.Spec`
     or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes`` (a list of labels, or "all":
-    more than two give the K-class bounds), ``norm`` override the spec's fields; ``solver`` / ``solver_options`` its solver profile; ``exhaustive``: every descent to
-    its local optimum (default: a descent stops when it cannot cross a budget of the grid);
+    more than two give the K-class bounds), ``norm`` override the spec's fields; ``solver`` /
+    ``solver_options`` its solver profile; ``exhaustive``: every descent to its local optimum
+    (default: a descent stops when it cannot cross a budget of the grid);
     ``select_pairs``: skip pairs that by the measured ratios cannot change a bound (off by
     default); ``witnesses``: store and export every collision's points (``witnesses.npz``);
     ``time_budget``: seconds, counted from this call (hard: the computation stops early enough
@@ -167,7 +168,7 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     from . import _checks
     from .config import resolve_run
     from .executors import make_executor
-    from .spec import Spec, parse_spec
+    from .spec import ALL_CLASSES, Spec, parse_spec
 
     _checks.path_or_network(model)
     _checks.optional_path(out, "out")
@@ -182,9 +183,9 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     if cuts is not None and cuts != "all":
         cuts = [_checks.text(c, f"cuts[{k}]", optional=False) for k, c in enumerate(_checks.sequence(
             cuts, "cuts", "cut names (or 'all')"))]
-    if isinstance(classes, str) and classes != "all":
-        raise ArgumentError(f"classes must be a list of integers or 'all', not the string {classes!r}")
-    classes = None if classes is None or classes == "all" else _checks.int_list(classes, "classes")
+    if isinstance(classes, str) and classes != ALL_CLASSES:
+        raise ArgumentError(f"classes must be a list of integers or {ALL_CLASSES!r}, not the string {classes!r}")
+    classes = None if classes is None or classes == ALL_CLASSES else _checks.int_list(classes, "classes")
     _checks.text(norm, "norm")
     if time_budget is not None:
         _checks.real_number(time_budget, "time_budget")

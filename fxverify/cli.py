@@ -394,7 +394,9 @@ def _list(value: str | None, cast, flag: str):
 
 def _classes(value: str | None):
     """``--classes``: "all", or a list of class labels (None: not given)."""
-    return "all" if value is not None and value.strip() == "all" else _list(value, int, "--classes")
+    from .spec import ALL_CLASSES
+
+    return ALL_CLASSES if value is not None and value.strip() == ALL_CLASSES else _list(value, int, "--classes")
 
 
 def _resolve(spec_path: Path, solver: str | None, options: list[str] | None, *, n=None, eps=None, cuts=None,
