@@ -5,8 +5,8 @@ so a failed write (a read-only directory, a full disk) never leaves a truncated 
 it is one :class:`ReportError` line. A name in the directory that is a symbolic link is
 refused, never replaced or followed. ``results.json`` is described by the versioned schema
 ``fxverify/schemas/results-v3.json`` (:func:`results_schema`, :func:`validate_results`; format 3:
-two or more classes, format 2 was two only); it names the threat model (norm, domain or "unbounded"), and per cut every failed pair with its
-reason. The plots say the norm and the domain in their titles and axis labels.
+two or more classes, format 2 was two only); it names the threat model (norm, domain or
+"unbounded"), and per cut every failed pair with its reason. The plots say the norm and the domain in their titles and axis labels.
 """
 
 from __future__ import annotations
