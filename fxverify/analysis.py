@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .bounds import lower_bounds
-from .errors import FxverifyError, SpecError
+from .bounds import lower_bounds, lower_bounds_multiclass
+from .errors import ArgumentError, FxverifyError, SpecError
 from .ir import Network
 from .onnx_import import load_model
 from .pipeline import Progress, compute_distances, run_settings
@@ -59,9 +59,20 @@ def bounds_from_distances(d: Distances, grid, net: Network | None = None) -> tup
             notes.append(f"{c.n_skipped} pairs skipped by the pair selection (they keep the budgets of the cuts "
                          f"that determine this one)")
         mats[cut] = best
-        out.append(CutBounds(cut, tuple(lower_bounds(best, grid)), c.n_pairs, c.n_done, c.n_failed,
+        out.append(CutBounds(cut, tuple(_bounds(d, best, grid)), c.n_pairs, c.n_done, c.n_failed,
                              c.n_not_applicable, c.method, c.seconds, "; ".join(notes), c.n_skipped, c.failures))
     return out, mats
+
+
+def _bounds(d: Distances, eps: np.ndarray, grid) -> list:
+    """Two classes: :func:`lower_bounds` of the n_a x n_b matrix; K classes: the K-class bounds
+    (:func:`lower_bounds_multiclass`) of the N x N matrix, split into its pairs of classes."""
+    if d.labels is None:
+        return lower_bounds(eps, grid)
+    members = [np.flatnonzero(d.labels == k) for k in range(len(d.classes))]
+    blocks = {(d.classes[a], d.classes[b]): eps[np.ix_(members[a], members[b])]
+              for a in range(len(members)) for b in range(a + 1, len(members))}
+    return lower_bounds_multiclass(blocks, np.asarray(d.classes, dtype=np.int64)[d.labels], grid)
 
 
 def load_inputs(model: str | os.PathLike | Network, run) -> tuple[Network, object]:
@@ -99,7 +110,14 @@ def analyze(net: Network, run, points, *, out_dir: str | os.PathLike, cuts: tupl
                     classes=points.classes, n_a=d.n_a, n_b=d.n_b, cuts=tuple(per_cut),
                     seconds=time.perf_counter() - t0, version=__version__, out_dir=str(out_dir),
                     norm=engine.norm.name, domain=None if dom is None else (dom.lo, dom.hi),
-                    unavailable=tuple((u.cut, u.reason) for u in net.unavailable), eps_matrices=mats)
+                    unavailable=tuple((u.cut, u.reason) for u in net.unavailable), eps_matrices=mats,
+                    n_per_class=_counts(points))
+
+
+def _counts(points) -> tuple[int, ...]:
+    if points.multiclass:
+        return tuple(int(k) for k in np.bincount(points.labels, minlength=len(points.classes)))
+    return len(points.X_a), len(points.X_b)
 
 
 def export_witnesses(net: Network, run, points, out_dir: str | os.PathLike, grid=None) -> dict:
@@ -135,9 +153,10 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     budget, exactly as ``fxverify bound`` computes them (same store, same results).
 
     ``model``: an ONNX path or a loaded network; ``spec``: a spec path, a :class:`~fxverify.spec.Spec`
-    or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes``, ``norm`` override the spec's
-    fields; ``solver`` / ``solver_options`` its solver profile; ``exhaustive``: every descent to
-    its local optimum (default: a descent stops when it cannot cross a budget of the grid);
+    or a spec document (dict). ``n``, ``eps``, ``cuts``, ``classes`` (a list of labels, or "all":
+    more than two give the K-class bounds), ``norm`` override the spec's fields; ``solver`` /
+    ``solver_options`` its solver profile; ``exhaustive``: every descent to its local optimum
+    (default: a descent stops when it cannot cross a budget of the grid);
     ``select_pairs``: skip pairs that by the measured ratios cannot change a bound (off by
     default); ``witnesses``: store and export every collision's points (``witnesses.npz``);
     ``time_budget``: seconds, counted from this call (hard: the computation stops early enough
@@ -149,7 +168,7 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     from . import _checks
     from .config import resolve_run
     from .executors import make_executor
-    from .spec import Spec, parse_spec
+    from .spec import ALL_CLASSES, Spec, parse_spec
 
     _checks.path_or_network(model)
     _checks.optional_path(out, "out")
@@ -164,7 +183,9 @@ def bound(model: str | os.PathLike | Network, spec, *, out: str | os.PathLike | 
     if cuts is not None and cuts != "all":
         cuts = [_checks.text(c, f"cuts[{k}]", optional=False) for k, c in enumerate(_checks.sequence(
             cuts, "cuts", "cut names (or 'all')"))]
-    classes = None if classes is None else _checks.int_list(classes, "classes")
+    if isinstance(classes, str) and classes != ALL_CLASSES:
+        raise ArgumentError(f"classes must be a list of integers or {ALL_CLASSES!r}, not the string {classes!r}")
+    classes = None if classes is None or classes == ALL_CLASSES else _checks.int_list(classes, "classes")
     _checks.text(norm, "norm")
     if time_budget is not None:
         _checks.real_number(time_budget, "time_budget")

@@ -392,6 +392,13 @@ def _list(value: str | None, cast, flag: str):
         raise SpecError(f"{flag} {value!r} is not a list of {'numbers' if cast is float else 'integers'}") from None
 
 
+def _classes(value: str | None):
+    """``--classes``: "all", or a list of class labels (None: not given)."""
+    from .spec import ALL_CLASSES
+
+    return ALL_CLASSES if value is not None and value.strip() == ALL_CLASSES else _list(value, int, "--classes")
+
+
 def _resolve(spec_path: Path, solver: str | None, options: list[str] | None, *, n=None, eps=None, cuts=None,
              classes=None, norm=None, time_budget=None, order="promise", exhaustive=False, select_pairs=False):
     """The run's configuration, resolved once (spec + CLI overrides + profile + defaults)."""
@@ -400,7 +407,7 @@ def _resolve(spec_path: Path, solver: str | None, options: list[str] | None, *, 
     cut_list = None if cuts is None else ("all" if cuts.strip() == "all" else _list(cuts, str, "--cuts"))
     return resolve_run(spec_path, solver=solver, solver_options=_overrides(options), time_budget=time_budget,
                        order=order, exhaustive=exhaustive, select_pairs=select_pairs, n_per_class=n,
-                       eps=_list(eps, float, "--eps"), cuts=cut_list, classes=_list(classes, int, "--classes"),
+                       eps=_list(eps, float, "--eps"), cuts=cut_list, classes=_classes(classes),
                        norm=norm)
 
 
@@ -409,6 +416,15 @@ def _prepare(model: Path, run):
     from .analysis import load_inputs
 
     return load_inputs(model, run)
+
+
+def _two_classes(points, command: str) -> None:
+    """``collide`` and ``gap`` name a pair by its index in each of two classes."""
+    from .errors import SpecError
+
+    if points.multiclass:
+        raise SpecError(f"{command} takes two classes (a pair is the I-th point of the first and the J-th of the "
+                        f"second); the run selects {len(points.classes)}: pass --classes A,B")
 
 
 def _default_out(model: Path, spec: Path) -> Path:
@@ -421,8 +437,9 @@ EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="Budget grid, e.g. 
                                                show_default=False)]
 CutsOpt = Annotated[Optional[str], typer.Option("--cuts", help="Cuts, e.g. 'relu1,relu2' or 'all' (overrides the "
                                                 "spec's).", show_default=False)]
-ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="The two classes, e.g. '3,7' (overrides the "
-                                                   "spec's).", show_default=False)]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="The classes, e.g. '3,7', '0,1,2' or 'all' "
+                                                   "(every class in the data; overrides the spec's).",
+                                                   show_default=False)]
 ExhaustiveOpt = Annotated[bool, typer.Option("--exhaustive", help="Run every descent to its local optimum (the "
                                              "reference; default: a descent stops when its next steps cannot "
                                              "cross a budget of the grid).")]
@@ -648,6 +665,7 @@ def collide(model: ModelArg, spec: SpecOpt,
                    time_budget=time_budget)
     engine = _collide_engine(run, method, solver, solver_option, check_solver)
     net, points = _prepare(model, run)
+    _two_classes(points, "collide")
     i, j = pair
     if not (0 <= i < len(points.X_a) and 0 <= j < len(points.X_b)):
         raise SpecError(f"--pair {i} {j} is out of range: the spec selects {len(points.X_a)} points of class "
@@ -759,6 +777,7 @@ def gap(model: ModelArg, spec: SpecOpt,
         exact = exact.with_overrides({"time_limit": time_limit})
     exact_engine = resolve_engine(exact, run.spec.norm, run.engine.domain, method="exact")
     net, points = _prepare(model, run)
+    _two_classes(points, "gap")
     net.cut_index(cut)
     available = len(points.X_a) * len(points.X_b)
     if pairs > available:
@@ -868,7 +887,9 @@ def _distances_npz(out: Path, d, points) -> None:
     from .report import atomic_write
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{c: d.by_cut[c].eps for c in d.cuts}, index_a=points.index_a, index_b=points.index_b)
+    labels = {"classes": np.array(points.classes), "labels": points.labels} if points.multiclass else {}
+    np.savez_compressed(buf, **{c: d.by_cut[c].eps for c in d.cuts}, index_a=points.index_a, index_b=points.index_b,
+                        **labels)
     try:
         atomic_write(out / "distances.npz", lambda f: f.write(buf.getvalue()))
     except FxverifyError as err:
@@ -975,7 +996,7 @@ def bound(model: ModelArg, spec: SpecOpt, out: OutOpt = None, solver: SolverOpt 
     info = export_witnesses(net, run, points, out) if keep else None
     paths = write_results(a, out, info) + ([out / info["file"]] if info else [])
     con = _console()
-    con.print(f"{escape(net.source.path)}: classes {a.classes[0]} vs {a.classes[1]}, {a.n_a} + {a.n_b} points "
+    con.print(f"{escape(net.source.path)}: {escape(a.points_label)} points, {a.pairs:,} cross-class pairs "
               f"({escape(points.origin)}), {escape(a.threat_model.label)}, solver profile {escape(a.profile.name)}")
     _print_bounds(a, con)
     _print_run_notes(a, run, con)

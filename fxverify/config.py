@@ -182,7 +182,7 @@ SPEC_OVERRIDES = ("n_per_class", "eps", "cuts", "classes", "norm")
 
 def apply_overrides(spec, **overrides):
     """The spec with some fields replaced (None: keep), re-validated against the spec schema."""
-    from .spec import parse_spec
+    from .spec import ALL_CLASSES, parse_spec
 
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(changes) - set(SPEC_OVERRIDES)
@@ -194,6 +194,8 @@ def apply_overrides(spec, **overrides):
     for k, v in changes.items():
         if k == "cuts":
             v = "all" if v in ("all", ["all"], ("all",)) else list(v)
+        elif k == "classes" and v == ALL_CLASSES:
+            pass
         elif k in ("eps", "classes"):
             v = list(v)
         doc[k] = v

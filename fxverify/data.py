@@ -1,4 +1,4 @@
-"""Data: IDX files, ``.npz`` files and the embedded default sets, and the two-class selection.
+"""Data: IDX files, ``.npz`` files and the embedded default sets, and the selection of classes.
 
 Three sources, all giving images in file order with integer labels:
 
@@ -11,7 +11,7 @@ Three sources, all giving images in file order with integer labels:
   digit 0-9 (``mnist``) and of Fashion-MNIST classes 3 (dress) and 7 (sneaker)
   (``fashion-mnist``). See ``fxverify/datasets/PROVENANCE.md``.
 
-:func:`select_points` then takes ``n`` images of each of two classes (the first ``n`` in file
+:func:`select_points` then takes ``n`` images of each of two or more classes (the first ``n`` in file
 order, or a seeded random sample without replacement) and scales pixels to [0, 1]. Points stay
 flat vectors in the data's own order (C order of ``image_shape``); :func:`fxverify.spec.check_compatible`
 reorders them to the model's input layout.
@@ -70,12 +70,17 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Points:
-    """The two classes of points the analysis runs on, float64, scaled, flat (n, d).
+    """The points the analysis runs on, float64, scaled, flat (n, d).
 
+    Two classes: ``X_a`` (class ``classes[0]``) and ``X_b`` (``classes[1]``); pair (i, j) is
+    (X_a[i], X_b[j]). K classes (``labels`` set): every point, grouped by class in the order
+    of ``classes``, is in both ``X_a`` and ``X_b`` (the same array), ``labels[i]`` is the
+    position in ``classes`` of point i's class, and the pairs are the (i, j) with
+    labels[i] < labels[j] (:meth:`pair_mask`), so pair indices are global point indices.
     ``image_shape`` and ``layout`` say how a flat point is an image (C order of
     ``image_shape``; ``layout`` as in :class:`Dataset`)."""
 
-    classes: tuple[int, int]
+    classes: tuple[int, ...]
     X_a: np.ndarray = field(repr=False)
     X_b: np.ndarray = field(repr=False)
     index_a: np.ndarray = field(repr=False)
@@ -83,6 +88,7 @@ class Points:
     origin: str = ""
     image_shape: tuple[int, ...] = ()
     layout: str | None = None
+    labels: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -90,7 +96,33 @@ class Points:
 
     @property
     def n(self) -> int:
-        return len(self.X_a) + len(self.X_b)
+        return len(self.X_a) if self.multiclass else len(self.X_a) + len(self.X_b)
+
+    @property
+    def multiclass(self) -> bool:
+        """Points of K classes in one array (pairs by global index), even when K = 2."""
+        return self.labels is not None
+
+    def pair_mask(self) -> np.ndarray:
+        """n_a x n_b: which (i, j) are pairs (every one for two classes; labels[i] < labels[j])."""
+        if self.labels is None:
+            return np.ones((len(self.X_a), len(self.X_b)), dtype=bool)
+        return self.labels[:, None] < self.labels[None, :]
+
+    def class_members(self) -> list[np.ndarray]:
+        """The global indices of each class's points, in the order of ``classes``."""
+        if self.labels is None:
+            raise ValueError("class_members is for K-class points")
+        return [np.flatnonzero(self.labels == k) for k in range(len(self.classes))]
+
+    def as_multiclass(self) -> Points:
+        """The same points in the K-class form (for two classes: X_a's points, then X_b's)."""
+        if self.multiclass:
+            return self
+        X = np.concatenate([self.X_a, self.X_b])
+        labels = np.repeat(np.arange(2), [len(self.X_a), len(self.X_b)])
+        index = np.concatenate([self.index_a, self.index_b])
+        return Points(self.classes, X, X, index, index, self.origin, self.image_shape, self.layout, labels)
 
 
 #: class labels are integers of at most this magnitude (float labels are exact up to 2^53)
@@ -283,9 +315,10 @@ def load_embedded(name: str, split: str = "train") -> Dataset:
 
 
 # ---- selection -----------------------------------------------------------------------------
-def select_points(ds: Dataset, classes: tuple[int, int], n_per_class: int, *, method: str = "first",
+def select_points(ds: Dataset, classes: tuple[int, ...], n_per_class: int, *, method: str = "first",
                   seed: int | None = None, scaling: str = "divide_255") -> Points:
-    """Take ``n_per_class`` images of each class and scale them to [0, 1].
+    """Take ``n_per_class`` images of each class and scale them to [0, 1]: two classes give
+    two-class :class:`Points`, more give the K-class form (grouped in the order of ``classes``).
 
     ``method="first"``: the first n in file order (the convention of published numbers).
     ``method="random"``: a uniform sample without replacement, by ``seed``, kept in file order.
@@ -294,8 +327,8 @@ def select_points(ds: Dataset, classes: tuple[int, int], n_per_class: int, *, me
     value at most 1) is refused with ``divide_255``: dividing it again would squeeze every
     image into [0, 1/255].
     """
-    if classes[0] == classes[1]:
-        raise DataError(f"the two classes must differ (both are {classes[0]})")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DataError(f"the classes must differ, at least two of them, got {list(classes)}")
     if scaling not in ("divide_255", "none"):
         raise DataError(f"unknown scaling {scaling!r} (use 'divide_255' or 'none')")
     if method not in ("first", "random"):
@@ -327,6 +360,11 @@ def select_points(ds: Dataset, classes: tuple[int, int], n_per_class: int, *, me
         if X.size and (X.min() < 0.0 or X.max() > 1.0):
             raise DataError(f"class {c} pixels lie in [{X.min():g}, {X.max():g}] after scaling {scaling!r}, "
                             f"not in [0, 1]; choose the scaling that maps this data to [0, 1]")
+    if len(classes) > 2:
+        X, index = np.concatenate(picked), np.concatenate(positions)
+        labels = np.repeat(np.arange(len(classes)), [len(x) for x in picked])
+        return Points(tuple(int(c) for c in classes), X, X, index, index, ds.origin, ds.image_shape, ds.layout,
+                      labels)
     return Points(classes=(int(classes[0]), int(classes[1])), X_a=picked[0], X_b=picked[1],
                   index_a=positions[0], index_b=positions[1], origin=ds.origin, image_shape=ds.image_shape,
                   layout=ds.layout)

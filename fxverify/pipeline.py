@@ -43,7 +43,7 @@ from .errors import FxverifyError
 from .executors import PairTask, RunJob, TaskResult, make_executor
 from .ir import Network
 from .results import CollisionStatus, CutDistances, Distances, Failure, PairRow
-from .store import ResultStore, RunSettings
+from .store import ResultStore, RunSettings, StoreError
 
 Progress = Callable[[str, int, int], None]
 
@@ -105,6 +105,50 @@ def promise_order(eps: np.ndarray, pairs=None) -> list[tuple[int, int]]:
     return [(int(ii[k]), int(jj[k])) for k in order]
 
 
+def promise_order_multiclass(eps: np.ndarray, labels: np.ndarray) -> list[tuple[int, int]]:
+    """:func:`promise_order` for K-class points (global indices, ``labels[i]`` the class
+    position of point i): the pairs (i, j) with labels[i] < labels[j], a pair's rank the smaller
+    of its rank among all cross-class partners of i and of j (whichever class they are in),
+    ties broken by ``eps`` and then by (i, j). ``eps``: N x N, read at the pairs only."""
+    eps = np.asarray(eps, dtype=float)
+    pair = labels[:, None] < labels[None, :]
+    key = np.where(np.isnan(eps), np.inf, eps)
+    sym = np.where(pair, key, key.T)  # both orientations of every pair
+    partners = labels[:, None] != labels[None, :]
+    sortkey = np.where(partners, sym, np.inf)
+    rank = np.empty(sym.shape, dtype=np.int64)
+    ar = np.arange(len(labels))
+    for i in range(len(labels)):
+        rank[i, np.lexsort((~partners[i], sortkey[i]))] = ar  # partners first, by eps, stable
+    ii, jj = np.nonzero(pair)
+    r = np.minimum(rank[ii, jj], rank[jj, ii])
+    order = np.lexsort((jj, ii, key[ii, jj], r))
+    return [(int(ii[k]), int(jj[k])) for k in order]
+
+
+def pair_order(points: Points, eps: np.ndarray | None, order: str) -> list[tuple[int, int]]:
+    """The run's pairs in ``order`` ("promise": by the closed-form budgets ``eps``; "file":
+    row by row)."""
+    if order == "promise":
+        return promise_order_multiclass(eps, points.labels) if points.multiclass else promise_order(eps)
+    ii, jj = np.nonzero(points.pair_mask())
+    return list(zip(ii.tolist(), jj.tolist()))
+
+
+def all_pairs_budgets(collider: Collider, cut: str, points: Points) -> np.ndarray:
+    """The closed-form budgets of every pair at ``cut``: n_a x n_b; K classes: N x N, computed
+    per pair of classes (each block exactly as a two-class run computes it), inf off the pairs."""
+    plan = collider.plan(cut)
+    if not points.multiclass:
+        return all_pairs_eps(plan, points.X_a, points.X_b)
+    eps = np.full((len(points.X_a), len(points.X_b)), np.inf)
+    members = points.class_members()
+    for a, ma in enumerate(members):
+        for mb in members[a + 1:]:
+            eps[np.ix_(ma, mb)] = all_pairs_eps(plan, points.X_a[ma], points.X_b[mb])
+    return eps
+
+
 def promise_cut(collider: Collider, cut: str) -> str:
     """The deepest cut with a closed form that determines ``cut`` (its budgets bound ``cut``'s)."""
     shallow = [c for c in collider.net.dominators(cut)[:-1] if closed_form(collider.plan(c))]
@@ -118,7 +162,7 @@ def _closed_form_budgets(collider: Collider, points: Points, cut: str,
     stored = store.matrix(cut, (len(points.X_a), len(points.X_b))) if store is not None else None
     if stored is not None:
         return stored[0], True
-    return all_pairs_eps(collider.plan(cut), points.X_a, points.X_b), False
+    return all_pairs_budgets(collider, cut, points), False
 
 
 def promise_budgets(collider: Collider, points: Points, first_paired: str,
@@ -177,7 +221,7 @@ def _verify_closed(collider: Collider, points: Points, cut: str, eps: np.ndarray
 def _closed_form(collider: Collider, points: Points, cut: str, store: ResultStore, limit: float | None,
                  witnesses: bool) -> None:
     t0 = time.perf_counter()
-    eps = all_pairs_eps(collider.plan(cut), points.X_a, points.X_b)
+    eps = all_pairs_budgets(collider, cut, points)
     kept: list | None = [] if witnesses else None
     eps, checked, failed = _verify_closed(collider, points, cut, eps, limit, kept)
     scope = "every pair" if limit is None else f"every pair with eps <= {limit:g}"
@@ -417,8 +461,7 @@ def _paired(ctx: _Context, store: ResultStore, executor, deadline: float | None,
     plan, collider, points = ctx.plan, ctx.collider, ctx.points
     pcut = {c: promise_cut(collider, c) for c in plan.paired}
     budgets = {pc: _closed_form_budgets(collider, points, pc, store) for pc in dict.fromkeys(pcut.values())}
-    all_pairs = [(i, j) for i in range(plan.n_a) for j in range(plan.n_b)]
-    order = promise_order(budgets[pcut[plan.paired[0]]][0]) if ctx.order == "promise" else all_pairs
+    order = pair_order(points, budgets[pcut[plan.paired[0]]][0], ctx.order)
     selector = None
     if select_pairs and ctx.grid is not None:
         # a paired cut's bounds take the closed-form edges of its promise cut only when the run
@@ -446,8 +489,11 @@ class _Context:
 
 def run_settings(net: Network, points: Points, engine, normalize=None, grid=None,
                  select_pairs: bool = False) -> RunSettings:
-    """What the run's stored results depend on (the store's fingerprint)."""
-    return RunSettings.of(net.source.sha256, points.X_a, points.X_b, engine.describe(), normalize, grid, select_pairs)
+    """What the run's stored results depend on (the store's fingerprint); a K-class run's
+    settings name its classes (its pairs are keyed by global point index)."""
+    labels = (points.classes, points.labels) if points.multiclass else None
+    return RunSettings.of(net.source.sha256, points.X_a, points.X_b, engine.describe(), normalize, grid, select_pairs,
+                          labels)
 
 
 def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engine, out_dir, *,
@@ -471,6 +517,9 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
     their budgets). ``select_pairs``: the optional :class:`PairSelector` (with a grid)."""
     if order not in ORDERS:
         raise FxverifyError(f"unknown pair order {order!r}; orders: {', '.join(ORDERS)}")
+    if select_pairs and points.multiclass:
+        raise FxverifyError("pair selection (--select-pairs) is for two classes; a K-class run computes every "
+                            "cross-class pair (leave --select-pairs out, or pass two classes)")
     if time_budget is not None:
         end = time.monotonic() + time_budget
         deadline = end if deadline is None else min(deadline, end)
@@ -497,20 +546,26 @@ def compute_distances(net: Network, points: Points, cuts: tuple[str, ...], engin
 
 def _distances(store: ResultStore, ctx: _Context) -> Distances:
     """The stored results as budget matrices (every row validated)."""
-    plan = ctx.plan
+    plan, points = ctx.plan, ctx.points
     shape = (plan.n_a, plan.n_b)
+    mask = points.pair_mask()
+    valid = mask if points.multiclass else None
     by_cut = {}
     for cut in plan.cuts:
         if cut in plan.closed:
             eps, method, seconds, message = store.matrix(cut, shape)
+            eps = np.where(mask, eps, np.inf)
             found = int(np.isfinite(eps).sum())
-            by_cut[cut] = CutDistances(cut, eps, np.ones(shape, dtype=bool), found, eps.size - found, 0, method,
-                                       seconds, message)
+            by_cut[cut] = CutDistances(cut, eps, mask.copy(), found, int(mask.sum()) - found, 0, method, seconds,
+                                       message, valid=valid)
             continue
         eps, computed = np.full(shape, np.inf), np.zeros(shape, dtype=bool)
         counts = {s: 0 for s in (x.value for x in CollisionStatus)}
         seconds, failures = 0.0, []
         for r in store.pair_rows(cut, shape):
+            if not mask[r.i, r.j]:
+                raise StoreError(f"{store.path} is damaged: it holds a result at {cut} for ({r.i}, {r.j}), which is "
+                                 f"not a cross-class pair of this run; use another --out directory")
             computed[r.i, r.j] = True
             counts[r.status] += 1
             seconds += r.seconds
@@ -520,5 +575,5 @@ def _distances(store: ResultStore, ctx: _Context) -> Distances:
                 failures.append(Failure(r.i, r.j, r.message))
         method = ctx.engine.method if ctx.collider.plan(cut).kind == "pieces" else "lp"
         by_cut[cut] = CutDistances(cut, eps, computed, counts["found"], counts["failed"], counts["not-applicable"],
-                                   method, seconds, "", counts["skipped"], tuple(failures))
-    return Distances(plan.cuts, by_cut, plan.n_a, plan.n_b)
+                                   method, seconds, "", counts["skipped"], tuple(failures), valid)
+    return Distances(plan.cuts, by_cut, plan.n_a, plan.n_b, points.classes, points.labels)

@@ -4,9 +4,9 @@ Every file is written to a temporary file in the output directory and renamed ov
 so a failed write (a read-only directory, a full disk) never leaves a truncated file behind;
 it is one :class:`ReportError` line. A name in the directory that is a symbolic link is
 refused, never replaced or followed. ``results.json`` is described by the versioned schema
-``fxverify/schemas/results-v2.json`` (:func:`results_schema`, :func:`validate_results`); it
-names the threat model (norm, domain or "unbounded"), and per cut every failed pair with its
-reason. The plots say the norm and the domain in their titles and axis labels.
+``fxverify/schemas/results-v3.json`` (:func:`results_schema`, :func:`validate_results`; format 3:
+two or more classes, format 2 was two only); it names the threat model (norm, domain or
+"unbounded"), and per cut every failed pair with its reason. The plots say the norm and the domain in their titles and axis labels.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import IO
 from .errors import FxverifyError
 from .results import Analysis
 
-RESULTS_FORMAT = 2
+RESULTS_FORMAT = 3
 FIELDS = ("cut", "eps", "edges", "loss01_lower", "ce_lower", "pairs_done", "pairs_failed")
 LOSSES = (("loss01_lower", "0-1 loss lower bound", "loss01.png"),
           ("ce_lower", "cross-entropy lower bound", "cross_entropy.png"))
@@ -126,7 +126,7 @@ def results_document(a: Analysis, witnesses: dict | None = None) -> dict:
         "model": {"path": a.model_path, "sha256": a.model_sha256},
         "spec": a.spec.to_dict(),
         "solver": a.profile.to_dict(),
-        "points": {"classes": list(a.classes), "n_a": a.n_a, "n_b": a.n_b, "n": a.n_a + a.n_b},
+        "points": _points(a),
         "threat_model": {**a.threat_model.to_dict(), "label": a.threat_model.label},
         "arithmetic": "collisions are of the float64 map (residual ~1e-14 of the features); in onnxruntime's "
                       "float32 the features agree to ~1e-6 relative, not exactly",
@@ -141,6 +141,15 @@ def results_document(a: Analysis, witnesses: dict | None = None) -> dict:
                   "failures": [{"i": f.i, "j": f.j, "reason": f.reason} for f in c.failures]} for c in a.cuts],
         "results": [{k: _json_number(v) for k, v in r.items()} for r in a.records()],
     }
+
+
+def _points(a: Analysis) -> dict:
+    """results.json's points: classes, points per class, all points, cross-class pairs (two
+    classes: also n_a and n_b, as in format 2)."""
+    doc = {"classes": list(a.classes), "n_per_class": list(a.counts), "n": a.n, "pairs": a.pairs}
+    if len(a.classes) == 2:
+        doc.update(n_a=a.counts[0], n_b=a.counts[1])
+    return doc
 
 
 #: line styles and markers; with 10 colours, (colour, style) differs for up to 40 curves and
@@ -188,8 +197,7 @@ def write_results(a: Analysis, out_dir: str | Path, witnesses: dict | None = Non
     paths = [out / "results.json", out / "results.csv"]
     _write_text(paths[0], json.dumps(results_document(a, witnesses), indent=2) + "\n")
     _write_text(paths[1], _csv_text(FIELDS, a.records()))
-    what = f"{Path(a.model_path).name}: classes {a.classes[0]} vs {a.classes[1]}, n = {a.n_a} + {a.n_b}, " \
-           f"{a.threat_model.label}"
+    what = f"{Path(a.model_path).name}: {a.points_label}, {a.threat_model.label}"
     if not a.complete:
         what += " (incomplete: pairs not computed count as no edge)"
     for key, label, name in LOSSES:
@@ -218,8 +226,7 @@ def write_comparison(analyses: dict[str, Analysis], cut: str, out_dir: str | Pat
     paths = [out / "compare.json", out / "compare.csv"]
     _write_text(paths[0], json.dumps(doc, indent=2) + "\n")
     _write_text(paths[1], _csv_text(("model",) + FIELDS, rows))
-    what = f"cut {cut}: classes {first.classes[0]} vs {first.classes[1]}, n = {first.n_a} + {first.n_b}, " \
-           f"{first.threat_model.label}"
+    what = f"cut {cut}: {first.points_label}, {first.threat_model.label}"
     for key, label, name in LOSSES:
         series = {m: [(r.eps, getattr(r, key)) for r in a.cut(cut).records] for m, a in analyses.items()}
         _plot(series, label, what, out / f"compare_{name}", legend_title="model", norm=first.norm)

@@ -154,10 +154,12 @@ class CutDistances:
     message: str = ""
     n_skipped: int = 0  # counted in n_done: decided, not computed (see PairSelector)
     failures: tuple[Failure, ...] = ()
+    #: K classes: which entries of ``eps`` are pairs (eps[i, j] is inf elsewhere); None: all
+    valid: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_pairs(self) -> int:
-        return self.eps.size
+        return self.eps.size if self.valid is None else int(self.valid.sum())
 
     @property
     def n_done(self) -> int:
@@ -170,10 +172,15 @@ class CutDistances:
 
 @dataclass(frozen=True)
 class Distances:
+    """Per cut, the n_a x n_b budgets; K classes: N x N over global point indices, ``labels``
+    the position in ``classes`` of each point's class (pairs: labels[i] < labels[j])."""
+
     cuts: tuple[str, ...]
     by_cut: dict[str, CutDistances]
     n_a: int
     n_b: int
+    classes: tuple[int, ...] = ()
+    labels: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -218,8 +225,8 @@ class Analysis:
     model_sha256: str
     spec: object  # fxverify.spec.Spec (with any overrides applied)
     profile: object  # fxverify.profiles.SolverProfile
-    classes: tuple[int, int]
-    n_a: int
+    classes: tuple[int, ...]
+    n_a: int  # two classes: the points of each; K classes: both N (pairs are (i, j) of all points)
     n_b: int
     cuts: tuple[CutBounds, ...]
     seconds: float
@@ -229,6 +236,33 @@ class Analysis:
     domain: tuple[float, float] | None = None
     unavailable: tuple[tuple[str, str], ...] = ()  # cuts the model has but fxverify cannot compute
     eps_matrices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: points of each class, in the order of ``classes`` (default: n_a, n_b)
+    n_per_class: tuple[int, ...] = ()
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return self.n_per_class or (self.n_a, self.n_b)
+
+    @property
+    def n(self) -> int:
+        """All points: the bounds are averages over them."""
+        return sum(self.counts)
+
+    @property
+    def pairs(self) -> int:
+        """Cross-class pairs: sum over pairs of classes of n_a * n_b."""
+        c = self.counts
+        return sum(c[a] * c[b] for a in range(len(c)) for b in range(a + 1, len(c)))
+
+    @property
+    def points_label(self) -> str:
+        """``classes 3 vs 7, n = 20 + 20`` or ``10 classes (0, 1, ..., 9), n = 10 x 5 = 50``."""
+        if len(self.classes) == 2:
+            return f"classes {self.classes[0]} vs {self.classes[1]}, n = {self.counts[0]} + {self.counts[1]}"
+        names = ", ".join(map(str, self.classes))
+        c = self.counts
+        each = f"{len(c)} x {c[0]} = " if len(set(c)) == 1 else ""
+        return f"{len(self.classes)} classes ({names}), n = {each}{self.n}"
 
     @property
     def threat_model(self) -> ThreatModel:

@@ -25,6 +25,8 @@ from .errors import ArgumentError, SpecError
 from .ir import Network
 
 SCHEMA_VERSION = 1
+#: the spec's (and ``--classes``') value for every class label present in the data
+ALL_CLASSES = "all"
 DEFAULT_SOLVER = "descent-activeset"
 #: the adversary norms a spec can name (``Spec.norm``)
 NORMS = ("l2", "linf", "l1")
@@ -66,7 +68,9 @@ class DataSource:
 @dataclass(frozen=True)
 class Spec:
     data: DataSource
-    classes: tuple[int, int]
+    #: the class labels ([a, b]: the two-class problem; more: the K-class one), or "all"
+    #: (every label present in the data, resolved when the points are loaded)
+    classes: tuple[int, ...] | str
     n_per_class: int
     eps: tuple[float, ...]
     split: str = "train"
@@ -87,10 +91,20 @@ class Spec:
     domain: tuple[float, float] | None = None
 
     def load_points(self) -> Points:
-        """Read the data and select the two classes (raises DataError with one line)."""
+        """Read the data and select the classes (raises DataError with one line)."""
         ds = self.data.load(self.split, self.layout)
-        return select_points(ds, self.classes, self.n_per_class, method=self.selection, seed=self.seed,
+        return select_points(ds, self.resolve_classes(ds), self.n_per_class, method=self.selection, seed=self.seed,
                              scaling=self.scaling)
+
+    def resolve_classes(self, ds: Dataset) -> tuple[int, ...]:
+        """The spec's classes; "all": every label present in ``ds``, ascending (at least two)."""
+        if self.classes != ALL_CLASSES:
+            return tuple(self.classes)
+        present = ds.classes
+        if len(present) < 2:
+            raise SpecError(f"{self.path or 'spec'}: classes \"all\": {ds.origin} holds only class "
+                            f"{', '.join(map(str, present)) or '(none)'}; at least two classes are needed")
+        return present
 
     def resolve_cuts(self, net: Network) -> tuple[str, ...]:
         """The cuts to analyse, in network order; unknown names are an error."""
@@ -114,7 +128,7 @@ class Spec:
             d["description"] = self.description
         d["data"] = {self.data.kind: self.data.value}
         d["split"] = self.split
-        d["classes"] = list(self.classes)
+        d["classes"] = ALL_CLASSES if self.classes == ALL_CLASSES else list(self.classes)
         d["n_per_class"] = self.n_per_class
         d["selection"] = {"method": "first"} if self.selection == "first" else {"method": "random", "seed": self.seed}
         d["scaling"] = self.scaling
@@ -222,14 +236,14 @@ def validate(doc: Any, where: str = "spec") -> None:
 
 def parse_spec(doc: dict, base_dir: Path | str = ".", where: str = "spec") -> Spec:
     """Build a Spec from parsed JSON (validated here). Relative paths resolve against base_dir."""
+    if isinstance(doc, dict):
+        _check_classes(doc.get("classes"), where)
     validate(doc, where)
     base = Path(base_dir)
     (kind, value), = doc["data"].items()
     if kind != "embedded":
         value = str((base / value) if not Path(value).is_absolute() else Path(value))
-    classes = tuple(int(c) for c in doc["classes"])
-    if classes[0] == classes[1]:
-        raise SpecError(f"{where}: invalid at classes: the two classes must differ (both are {classes[0]})")
+    classes = ALL_CLASSES if doc["classes"] == ALL_CLASSES else tuple(int(c) for c in doc["classes"])
     eps = [float(e) + 0.0 for e in doc["eps"]]  # + 0.0: -0.0 is the budget 0
     if any(not math.isfinite(e) for e in eps):
         raise SpecError(f"{where}: invalid at eps: every budget must be a finite number")
@@ -253,6 +267,21 @@ def parse_spec(doc: dict, base_dir: Path | str = ".", where: str = "spec") -> Sp
                 time_budget=time_budget, description=doc.get("description", ""), path=where,
                 layout=layout, normalize=_normalize(doc.get("normalize"), where),
                 domain=_domain(doc.get("domain"), where))
+
+
+def _check_classes(classes, where: str) -> None:
+    """A list of class labels needs at least two, each once (the schema checks the types)."""
+    if not isinstance(classes, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return
+    if len(classes) < 2:
+        raise SpecError(f"{where}: invalid at classes: at least two classes are needed, got {classes} (or \"all\" "
+                        f"for every class in the data)")
+    if len(classes) == 2 and classes[0] == classes[1]:
+        raise SpecError(f"{where}: invalid at classes: the two classes must differ (both are {classes[0]})")
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:
+        raise SpecError(f"{where}: invalid at classes: class {', '.join(map(str, twice))} is listed more than once "
+                        f"in {classes}; each class once")
 
 
 def _numbers(value, where: str, key: str) -> tuple[float, ...]:
@@ -373,5 +402,6 @@ def check_compatible(points: Points, net: Network, spec: Spec | None = None) -> 
         return np.ascontiguousarray(X.reshape((len(X),) + shape).transpose((0,) + tuple(k + 1 for k in perm))
                                     ).reshape(len(X), -1)
 
-    return replace(points, X_a=reorder(points.X_a), X_b=reorder(points.X_b),
+    X_a = reorder(points.X_a)
+    return replace(points, X_a=X_a, X_b=X_a if points.multiclass else reorder(points.X_b),
                    image_shape=tuple(shape[k] for k in perm), layout="NHWC" if points.layout == "NCHW" else "NCHW")

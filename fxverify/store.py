@@ -90,7 +90,8 @@ SETTING_NAMES = {"model_sha256": "the model (sha256)", "points": "the data point
                  "profile": "the solver profile (--solver, -o)", "method": "the collision method",
                  "norm": "the norm (--norm)", "domain": "the input domain (spec domain)",
                  "lp_backend": "the LP backend", "normalize": "the input normalisation (spec normalize)",
-                 "grid": "the eps grid (--eps; --exhaustive: none)", "select_pairs": "pair selection (--select-pairs)"}
+                 "grid": "the eps grid (--eps; --exhaustive: none)", "select_pairs": "pair selection (--select-pairs)",
+                 "classes": "the classes (spec classes, --classes; K classes: pairs by global point index)"}
 
 
 @dataclass(frozen=True)
@@ -101,14 +102,24 @@ class RunSettings:
 
     @staticmethod
     def of(model_sha256: str, X_a: np.ndarray, X_b: np.ndarray, engine: dict, normalize=None, grid=None,
-           select_pairs: bool = False) -> RunSettings:
+           select_pairs: bool = False, labels: tuple | None = None) -> RunSettings:
+        """``labels``: a K-class run's (classes, label of each point) (X_a and X_b are then all
+        the points); it adds the setting ``classes``, so no K-class store is a two-class one."""
         h = hashlib.sha256()
         for X in (X_a, X_b):
             h.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
             h.update(str(X.shape).encode())
-        vals = {"model_sha256": model_sha256, "points": f"{len(X_a)} + {len(X_b)} points, sha256 {h.hexdigest()[:16]}",
+        points = f"{len(X_a)} + {len(X_b)} points"
+        extra = {}
+        if labels is not None:
+            classes, y = labels
+            h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+            points = f"{len(X_a)} points of {len(classes)} classes"
+            extra = {"classes": [int(c) for c in classes]}
+        vals = {"model_sha256": model_sha256, "points": f"{points}, sha256 {h.hexdigest()[:16]}",
                 **engine, "normalize": None if normalize is None else [list(map(float, x)) for x in normalize],
-                "grid": None if grid is None else [float(g) for g in grid], "select_pairs": bool(select_pairs)}
+                "grid": None if grid is None else [float(g) for g in grid], "select_pairs": bool(select_pairs),
+                **extra}
         return RunSettings(json.loads(json.dumps(vals, sort_keys=True, default=str)))
 
     @property
@@ -128,7 +139,8 @@ class RunSettings:
 
 def _show(key: str, value) -> str:
     if value is None:
-        return {"grid": "none (--exhaustive)", "domain": "none", "normalize": "none"}.get(key, "none")
+        return {"grid": "none (--exhaustive)", "domain": "none", "normalize": "none",
+                "classes": "two classes (a two-class store)"}.get(key, "none")
     if key == "model_sha256" and isinstance(value, str):
         return value[:16] + "…"
     if key == "profile" and isinstance(value, dict):

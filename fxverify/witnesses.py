@@ -14,7 +14,8 @@ npz, every array plain, no pickles) holds, for k collisions over m cuts and d in
 ``feed_offset``                                  (the spec's ``normalize``; ones and zeros without)
 ``input_name``      str, ()                      the ONNX input
 ``input_shape``     int64, (r,)                  the ONNX input shape of one point (batch 1)
-``X_a``, ``X_b``    float64, (n_a, d), (n_b, d)  the two classes' points (flat, C order)
+``X_a``, ``X_b``    float64, (n_a, d), (n_b, d)  the two classes' points (flat, C order); K classes:
+                                                 both are all N points (see ``labels``)
 ``cuts``            str, (m,)                    cut names
 ``tensors``         str, (m,)                    the ONNX tensor holding each cut's features
 ``cut``             int32, (k,)                  the witness's cut (index into ``cuts``)
@@ -22,6 +23,11 @@ npz, every array plain, no pickles) holds, for k collisions over m cuts and d in
 ``eps``             float64, (k,)                the budget the run stored
 ``delta_u``,        float64, (k, d)              the collision is (X_a[i] + delta_u,
 ``delta_v``                                      X_b[j] + delta_v), exactly, in float64
+``classes``         int64, (K,)                  the class labels (two: X_a's, X_b's; optional:
+                                                 absent in files of earlier versions)
+``labels``          int64, (N,)                  K classes only: the class label of each point;
+                                                 X_a and X_b are then both all N points and (i, j)
+                                                 global indices of two points of different classes
 ==================  ===========================  ==================================================
 
 A third party checks a witness with onnxruntime alone: feed both points (mapped by the feed)
@@ -91,7 +97,9 @@ def export(out_dir: Path, net, points, norm: str, domain, grid, store) -> tuple[
         cut=np.array([r[0] for r in rows], dtype=np.int32), i=np.array([r[1] for r in rows], dtype=np.int32),
         j=np.array([r[2] for r in rows], dtype=np.int32), eps=np.array([r[3] for r in rows], dtype=np.float64),
         delta_u=np.array([r[4] for r in rows], dtype=np.float64).reshape(len(rows), dim),
-        delta_v=np.array([r[5] for r in rows], dtype=np.float64).reshape(len(rows), dim))
+        delta_v=np.array([r[5] for r in rows], dtype=np.float64).reshape(len(rows), dim),
+        classes=np.array(points.classes, dtype=np.int64),
+        **({"labels": np.asarray(points.classes, dtype=np.int64)[points.labels]} if points.multiclass else {}))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     path = Path(out_dir) / FILE
@@ -160,6 +168,10 @@ def load(path: Path) -> dict:
                         and 0 <= data["j"].min() and data["j"].max() < len(data["X_b"]))
     if not (shapes_ok and idx_ok):
         raise WitnessError(f"{path}: array shapes or indices do not fit together")
+    if "labels" in data and not (data["labels"].shape == (len(data["X_a"]),) and data["X_b"].shape == data["X_a"].shape
+                                 and data["labels"].dtype.kind in "iu"):
+        raise WitnessError(f"{path}: a K-class file needs labels (one integer per point) and X_a, X_b both all "
+                           f"points")
     return data
 
 
@@ -210,12 +222,22 @@ def _check_batch(verifier, data, cut: str, sel: np.ndarray, examples: list) -> t
     Ua, Va = U + data["delta_u"][sel], V + data["delta_v"][sel]
     with _quiet_numpy():
         v = verifier.check_many(cut, U, V, Ua, Va)
+    ok = v.ok & _cross_class(data, sel)
     stored = data["eps"][sel]
     bad_eps = ~(np.abs(v.eps - stored) <= EPS_TOLERANCE * np.maximum(stored, 1e-300))
-    for n in np.flatnonzero(~v.ok | bad_eps)[:5 - min(5, len(examples))]:
-        what = v.message(n) if not v.ok[n] else f"eps from the points {v.eps[n]:.12g} != stored {stored[n]:.12g}"
+    for n in np.flatnonzero(~ok | bad_eps)[:5 - min(5, len(examples))]:
+        what = v.message(n) if not v.ok[n] else "the two points have the same class label" if not ok[n] else \
+            f"eps from the points {v.eps[n]:.12g} != stored {stored[n]:.12g}"
         examples.append(f"{cut} pair ({data['i'][sel][n]}, {data['j'][sel][n]}): {what}")
-    return int((~v.ok).sum()), int(bad_eps.sum())
+    return int((~ok).sum()), int(bad_eps.sum())
+
+
+def _cross_class(data: dict, sel: np.ndarray) -> np.ndarray:
+    """Whether each witness joins points of different classes (K-class files: by ``labels``;
+    a two-class file's pairs are a point of each class by construction)."""
+    if "labels" not in data:
+        return np.ones(sel.size, dtype=bool)
+    return data["labels"][data["i"][sel]] != data["labels"][data["j"][sel]]
 
 
 @contextlib.contextmanager

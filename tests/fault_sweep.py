@@ -924,7 +924,8 @@ def build_cases() -> list[Case]:
     spec_case("required key missing: eps", eps=DROP)
     spec_case("required key missing: classes", classes=DROP)
     spec_case("classes: one class", classes=[3], contains=("classes",))
-    spec_case("classes: three classes", classes=[3, 7, 9], contains=("classes",))
+    spec_case("classes: three, one not in the data", classes=[3, 7, 11], contains=("11",))
+    spec_case("classes: three, one twice", classes=[3, 7, 3], contains=("classes", "more than once"))
     spec_case("classes: the same twice", classes=[3, 3], contains=("classes",))
     spec_case("classes: negative", classes=[-1, 7])
     spec_case("classes: fractional", classes=[3.5, 7])
@@ -1263,7 +1264,10 @@ def build_cases() -> list[Case]:
     cli_case("--eps ''", ["--eps", ""])
     cli_case("--classes 3", ["--classes", "3"], contains=("classes",), quick=True)
     cli_case("--classes 3,3", ["--classes", "3,3"], contains=("classes",), quick=True)
-    cli_case("--classes 3,7,9", ["--classes", "3,7,9"])
+    cli_case("--classes 3,7,9 (K classes)", ["--classes", "3,7,9"], expect="ok",
+             check=lambda out: check_results(out, points__n=6, points__pairs=12, complete=True, pairs_failed=0),
+             what="exit 0; 3 classes, 6 points, 12 pairs, complete")
+    cli_case("--classes all --select-pairs", ["--classes", "all", "--select-pairs"], contains=("two classes",))
     cli_case("--classes a,b", ["--classes", "a,b"])
     cli_case("--classes 3,12", ["--classes", "3,12"], contains=("12",))
     cli_case("--classes -1,7", ["--classes", "-1,7"])

@@ -678,3 +678,39 @@ def test_a_failed_pair_is_named_with_its_reason(tmp_path, tiny_model):
     assert relu1["failures"][0]["reason"] == "cone LP failed at step 1: numerical error (boom)"
     assert "9 pair computations failed" in res.stdout
     assert "9 x cone LP failed at step 1: numerical error (boom): relu1 (0, 0)" in " ".join(res.stdout.split())
+
+
+def test_bound_on_k_classes_prints_writes_and_checks_them(tmp_path, tiny_model):
+    spec = _small_spec(tmp_path)
+    out = tmp_path / "k"
+    res = fx("bound", tiny_model, "--spec", spec, "--out", out, "--classes", "0,1,2", "--n", 2, "--cuts",
+             "linear1,relu1", "--jobs", 1)
+    assert res.returncode == 0, res.stderr
+    assert "3 classes (0, 1, 2), n = 3 x 2 = 6 points, 12 cross-class pairs" in " ".join(res.stdout.split())
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["format"] == 3 and doc["points"] == {"classes": [0, 1, 2], "n_per_class": [2, 2, 2], "n": 6,
+                                                    "pairs": 12}
+    assert all(r["pairs_done"] == 12 for r in doc["results"]) and doc["complete"] is True
+    check = fx("check", out)
+    assert check.returncode == 0, (check.stdout, check.stderr)
+    # the same directory for two classes is refused, naming the classes
+    assert_user_error(fx("bound", tiny_model, "--spec", spec, "--out", out, "--classes", "0,1", "--n", 2, "--cuts",
+                         "linear1,relu1", "--jobs", 1), "the classes", "stored [0, 1, 2], this run two classes")
+    every = fx("bound", tiny_model, "--spec", spec, "--out", tmp_path / "all", "--classes", "all", "--n", 1,
+               "--cuts", "input", "--jobs", 1)
+    assert every.returncode == 0 and "10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), n = 10 x 1 = 10 points, 45 " \
+                                      "cross-class pairs" in " ".join(every.stdout.split()), every.stderr
+
+
+def test_k_class_errors_are_one_line(tmp_path, tiny_model):
+    spec = _small_spec(tmp_path)
+    assert_user_error(fx("bound", tiny_model, "--spec", spec, "--classes", "3", "--out", tmp_path / "o"),
+                      "at least two classes are needed, got [3]")
+    assert_user_error(fx("bound", tiny_model, "--spec", spec, "--classes", "3,7,3", "--out", tmp_path / "o"),
+                      "class 3 is listed more than once")
+    assert_user_error(fx("bound", tiny_model, "--spec", spec, "--classes", "3,7,42", "--out", tmp_path / "o"),
+                      "class 42 is not present")
+    assert_user_error(fx("bound", tiny_model, "--spec", spec, "--classes", "0,1,2", "--select-pairs", "--out",
+                         tmp_path / "o"), "is for two classes")
+    assert_user_error(fx("collide", tiny_model, "--spec", spec, "--classes", "0,1,2", "--cut", "relu1", "--pair", 0,
+                         1), "collide takes two classes")

@@ -42,9 +42,11 @@ def test_a_real_results_json_validates_against_the_shipped_schema(analysis, tmp_
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc == json.loads(json.dumps(results_document(analysis)))
     validate_results(doc)
-    s = results_schema(2)
-    assert s["properties"]["format"] == {"const": 2, "description": "Format version of this file."}
-    assert results_schema(1)["properties"]["format"]["const"] == 1  # the old format stays readable
+    s = results_schema(3)
+    assert s["properties"]["format"] == {"const": 3, "description": "Format version of this file."}
+    assert results_schema(1)["properties"]["format"]["const"] == 1  # the old formats stay readable
+    assert results_schema(2)["properties"]["format"]["const"] == 2
+    assert doc["points"] == {"classes": [3, 7], "n_per_class": [3, 3], "n": 6, "pairs": 9, "n_a": 3, "n_b": 3}
     assert doc["threat_model"] == {"norm": "l2", "domain": "unbounded", "label": "l2, unbounded"}
     assert all(c["failures"] == [] for c in doc["cuts"]) and "float64" in doc["arithmetic"]
     assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -119,7 +121,7 @@ def test_plot_failure_is_one_line_and_the_store_stays_consistent(analysis, tmp_p
     with pytest.raises(ReportError, match=r"cannot write .*loss01.png: No space left on device"):
         write_results(analysis, tmp_path)
     assert not (tmp_path / "loss01.png").exists() and not _no_temporaries(tmp_path)
-    assert json.loads((tmp_path / "results.json").read_text())["format"] == 2  # whole
+    assert json.loads((tmp_path / "results.json").read_text())["format"] == 3  # whole
     # the run's store is untouched: it opens, passes its check and holds every pair
     import sqlite3
 

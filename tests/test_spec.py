@@ -248,3 +248,58 @@ def test_a_spec_path_that_is_a_directory_or_a_fifo_is_one_error(tmp_path):
     os.mkfifo(tmp_path / "fifo.json")
     with pytest.raises(SpecError, match="not a regular file"):
         load_spec(tmp_path / "fifo.json")
+
+
+# ---- K classes --------------------------------------------------------------------------------
+def test_a_list_of_classes_selects_every_class_grouped_in_spec_order(tmp_path):
+    spec = load_spec(_write(tmp_path, dict(GOOD, classes=[8, 3, 7], n_per_class=2)))
+    pts = spec.load_points()
+    assert spec.classes == (8, 3, 7) and pts.classes == (8, 3, 7) and pts.multiclass
+    assert pts.X_a is pts.X_b and pts.X_a.shape == (6, 784) and list(pts.labels) == [0, 0, 1, 1, 2, 2]
+    two = load_spec(_write(tmp_path, dict(GOOD, classes=[8, 3], n_per_class=2), "t.json")).load_points()
+    np.testing.assert_array_equal(pts.X_a[:4], np.concatenate([two.X_a, two.X_b]))
+    assert not two.multiclass  # two classes keep the two-class form
+    assert pts.pair_mask().sum() == 12 and parse_spec(spec.to_dict(), tmp_path, spec.path) == spec
+
+
+def test_classes_all_takes_every_label_in_the_data(tmp_path):
+    spec = load_spec(_write(tmp_path, dict(GOOD, classes="all", n_per_class=1)))
+    assert spec.classes == "all" and spec.to_dict()["classes"] == "all"
+    pts = spec.load_points()
+    assert pts.classes == tuple(range(10)) and list(pts.labels) == list(range(10))
+    fm = load_spec(_write(tmp_path, dict(GOOD, classes="all", data={"embedded": "fashion-mnist"}), "f.json"))
+    assert fm.load_points().classes == (3, 7) and not fm.load_points().multiclass  # two present: two classes
+    np.savez(tmp_path / "one.npz", X=np.zeros((3, 4)), y=np.array([5, 5, 5]))
+    one = load_spec(_write(tmp_path, dict(GOOD, classes="all", data={"npz": "one.npz"}, scaling="none"), "o.json"))
+    with pytest.raises(SpecError, match=r"classes \"all\": npz .*one.npz holds only class 5; at least two"):
+        one.load_points()
+
+
+@pytest.mark.parametrize("classes, message", [
+    ([3], r"invalid at classes: at least two classes are needed, got \[3\]"),
+    ([], r"invalid at classes: at least two classes are needed, got \[\]"),
+    ([3, 7, 3], r"invalid at classes: class 3 is listed more than once in \[3, 7, 3\]; each class once"),
+    ([1, 2, 2, 1], r"class 1, 2 is listed more than once"),
+    ("some", r"invalid at classes"),
+    ([3, -1, 4], r"invalid at classes"),
+    ([3, 7.5], r"invalid at classes"),
+])
+def test_bad_class_lists_are_one_clear_error(tmp_path, classes, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(_write(tmp_path, dict(GOOD, classes=classes)))
+
+
+def test_a_class_absent_from_the_data_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"class 12 is not present .* \(classes present: 0, 1, 2, 3, 4, 5, 6, 7, "
+                                        r"8, 9\)"):
+        load_spec(_write(tmp_path, dict(GOOD, classes=[0, 1, 12]))).load_points()
+
+
+def test_classes_override_takes_all_and_lists():
+    from fxverify.config import apply_overrides
+
+    spec = parse_spec(GOOD, ".", "spec")
+    assert apply_overrides(spec, classes="all").classes == "all"
+    assert apply_overrides(spec, classes=[0, 1, 2]).classes == (0, 1, 2)
+    with pytest.raises(SpecError, match=r"\(with command-line overrides\): invalid at classes: class 1 is listed"):
+        apply_overrides(spec, classes=[1, 1, 2])
