@@ -14,7 +14,7 @@ For both 10-class MNIST models (``models/fcnn_mnist_10class_benign.onnx``,
 over an l2 grid eps = 0, 0.5, ..., 5 in R^784 without a box (the paper's threat model), on the
 embedded MNIST training images (500 per digit), pixels / 255, the first n of each digit. The
 closed-form cuts (``input``, ``linear1``) use ``--n`` points per digit (default 100: 450,000
-cross-class pairs for ten digits); ``relu1`` (a descent per pair) uses ``--relu-n`` (default 4;
+cross-class pairs for ten digits); ``relu1`` (a descent per pair) uses ``--relu-n`` (default 6;
 0 skips it), with the closed-form cuts of those same points beside it. No bootstrap bands here:
 the numbers are for the first n points of each digit.
 
@@ -149,7 +149,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny n, input cut, four budgets, into a temporary dir")
     ap.add_argument("--out", type=Path, default=None, help="results (default experiments/out/multiclass)")
     ap.add_argument("--n", type=int, default=100, help="points per digit at the closed-form cuts (default 100)")
-    ap.add_argument("--relu-n", type=int, default=4, help="points per digit at relu1 (default 4; 0: skip relu1)")
+    ap.add_argument("--relu-n", type=int, default=6, help="points per digit at relu1 (default 6; 0: skip relu1)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes per run (default 1)")
     ap.add_argument("--figures", type=Path, default=None, help="also copy the plots here (e.g. docs/figures)")
     args = ap.parse_args()
