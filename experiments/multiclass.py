@@ -103,6 +103,8 @@ def run_one(model: str, label: str, classes, n: int, cuts: tuple, eps: tuple, st
 
 
 def plot(summary: dict, out: Path) -> list[Path]:
+    """One PNG per loss: a column per model, a row per point set (the closed-form cuts at n per
+    digit; relu1 with the closed-form cuts of the same first relu-n points per digit)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,31 +112,29 @@ def plot(summary: dict, out: Path) -> list[Path]:
 
     paths = []
     runs = summary["runs"]
-    n, rn = summary["n_closed"], summary["n_relu1"]
-    sizes = f"{', '.join(summary['cuts_closed'])}: first {n} per digit" + (f"; relu1: first {rn} per digit" if rn else "")
+    sizes = sorted({r["n_per_class"] for r in runs}, reverse=True)
     for loss, ylabel, fname in (("loss01_lower", "0-1 loss lower bound", "loss01.png"),
                                 ("ce_lower", "cross-entropy lower bound", "cross_entropy.png")):
-        fig, axes = plt.subplots(1, len(MODELS), figsize=(11, 4.6), sharey=True)
-        for ax, (mlabel, model) in zip(axes, MODELS.items()):
-            for r in runs:
-                if r["model"] != model:
-                    continue
-                ls = "-" if r["class_set"] == "10-class" else "--"
-                small = r["n_per_class"] != n
-                for cut, c in r["cuts"].items():
-                    if small and cut != "relu1":
-                        continue  # the closed-form cuts are shown at the larger n
-                    lab = f"{r['class_set']}, {cut} (n = {r['n_per_class']}/digit)"
-                    ax.plot(c["eps"], c[loss], color=CUT_COLORS.get(cut, "k"), ls=ls, lw=1.5,
-                            marker="^" if small else ".", ms=4 if small else 3, label=lab)
-            ax.set_title(f"{mlabel} ({Path(model).name})", fontsize=9)
-            ax.set_xlabel("l2 budget eps (input space, pixels in [0, 1])")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left")
-        axes[0].set_ylabel(ylabel)
-        axes[0].set_ylim(bottom=0)
-        fig.suptitle(f"{ylabel}, any classifier on the cut's features: all ten digits (solid) vs digits 3 and 7 "
-                     f"(dashed)\nthreat model: {THREAT}; {DATA}; {sizes}; no bands (these points only)",
+        fig, axes = plt.subplots(len(sizes), len(MODELS), figsize=(11, 1.0 + 3.9 * len(sizes)), sharey=True,
+                                 squeeze=False)
+        for row, size in zip(axes, sizes):
+            for ax, (mlabel, model) in zip(row, MODELS.items()):
+                for r in runs:
+                    if r["model"] != model or r["n_per_class"] != size:
+                        continue
+                    ls = "-" if r["class_set"] == "10-class" else "--"
+                    for cut, c in r["cuts"].items():
+                        ax.plot(c["eps"], c[loss], color=CUT_COLORS.get(cut, "k"), ls=ls, lw=1.5, marker=".", ms=3,
+                                label=f"{r['class_set']}, {cut}")
+                ax.set_title(f"{mlabel} ({Path(model).name}), first {size} per digit "
+                             f"({45 * size * size:,} / {size * size:,} pairs)", fontsize=8.5)
+                ax.set_xlabel("l2 budget eps (input space, pixels in [0, 1])")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7, loc="upper left")
+            row[0].set_ylabel(ylabel)
+            row[0].set_ylim(bottom=0)
+        fig.suptitle(f"{ylabel} of any classifier on the cut's features: all ten digits (solid) vs digits 3 and 7 "
+                     f"(dashed)\nthreat model: {THREAT}; {DATA};\nno bands: the numbers are for these points only",
                      fontsize=8.5)
         fig.tight_layout()
         p = out / fname
