@@ -210,14 +210,23 @@ def closed_budgets(dataset: str, stem: str, subset: int, n: int, cuts: tuple[str
     return {c: a.eps_matrices[c] for c in cuts}
 
 
-def descent_n(ex: Experiment, n: int, root: Path) -> int:
-    """The largest n' <= n with every pair of the first n' points done in all the experiment's
-    budget files (0 when one is missing)."""
-    m = n
+def complete(ex: Experiment, root: Path) -> dict:
+    """(model, cut) -> the largest n' with every pair of the first n' points done in its budget
+    file (0: no file)."""
+    out = {}
     for key in budget_keys(ex):
         bf = load_budgets(key, root)
-        m = 0 if bf is None else min(m, bf.complete_upto())
-    return m
+        out[(key.model, key.cut)] = 0 if bf is None else bf.complete_upto()
+    return out
+
+
+def descent_n(ex: Experiment, n: int, root: Path) -> tuple[int, dict]:
+    """The points per class a figure of stored budgets shows, and the (model, cut) curves it
+    leaves out: the largest complete square among the experiment's files (at most n); a file
+    complete to fewer points is left out (with its count) rather than shrinking every curve."""
+    done = complete(ex, root)
+    m = min(n, max(done.values(), default=0))
+    return m, {k: v for k, v in done.items() if v < m}
 
 
 @dataclass
@@ -236,11 +245,13 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
     cache = out / "cache" / "bootstrap"
     curves, cpu, commits, failed = [], 0.0, set(), 0
     grid = np.asarray(EPS)
+    missing = {}
     if ex.closed_only:
         runs = [(k, closed_n) for k in range(subsets)]
     else:
-        runs = [(0, descent_n(ex, n, root))]
-        if runs[0][1] == 0:
+        m, missing = descent_n(ex, n, root)
+        runs = [(0, m)]
+        if m == 0:
             raise SystemExit(f"error: {name}: no complete budgets in {root} (compute them first)")
     for subset, m in runs:
         ia, ib = resample_indices(ex.dataset, m, m, resamples, SEED) if subset == 0 else (None, None)
@@ -254,7 +265,7 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
             if closed:
                 mats.update(closed_budgets(ex.dataset, stem, subset, m, closed, out))
             for key in budget_keys(ex):
-                if key.model != stem:
+                if key.model != stem or (key.model, key.cut) in missing:
                     continue
                 bf = load_budgets(key, root)
                 _, _, pa, pb = points(ex.dataset, subset, m)
@@ -264,11 +275,12 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
                 fails[key.cut] = int(bf.failed[:m, :m].sum())
                 cpus[key.cut] = float(bf.cpu[:m, :m].sum())
                 commits.update(bf.meta.get("commits", []))
-            for cut in ex.cuts:  # a collision at a determining cut is one here too
+            shown = [c for c in ex.cuts if c in mats]
+            for cut in shown:  # a collision at a determining cut is one here too
                 for d in net.dominators(cut)[:-1]:
                     if d in mats:
                         mats[cut] = np.minimum(mats[cut], mats[d])
-            for cut in ex.cuts:
+            for cut in shown:
                 E = mats[cut]
                 edges, l01, ce = bounds(E, grid)
                 b01 = bce = None
@@ -280,8 +292,14 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
                 failed += fails.get(cut, 0)
     note = {"n_per_class": runs[0][1], "subsets": len(runs), "pairs_per_curve": runs[0][1] ** 2,
             "descent_cpu_seconds": round(cpu, 1), "descent_pairs_failed": failed,
-            "descent_commits": sorted(commits)}
+            "descent_commits": sorted(commits),
+            "left_out": [f"{label_of(ex, mdl)} {cut} (budgets complete for {k} of {runs[0][1]} points per class)"
+                         for (mdl, cut), k in sorted(missing.items())]}
     return curves, note
+
+
+def label_of(ex: Experiment, stem: str) -> str:
+    return next(k for k, v in ex.models.items() if v == stem)
 
 
 def machine() -> str:
@@ -299,7 +317,7 @@ def machine() -> str:
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
 
 
-def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> list[Path]:
+def plot(name: str, ex: Experiment, curves: list, note: dict, out: Path, resamples: int) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +349,8 @@ def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> 
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-        ax.set_title(f"{ex.title}\n{ex.threat}\n{what}; bands: 95% bootstrap ({resamples} resamples)",
+        left = f"\nnot computed yet at this n: {'; '.join(note['left_out'])}" if note["left_out"] else ""
+        ax.set_title(f"{ex.title}\n{ex.threat}\n{what}; bands: 95% bootstrap ({resamples} resamples){left}",
                      fontsize=7.5)
         fig.tight_layout()
         p = out / fname
@@ -353,7 +372,8 @@ def table_md(r: Rendered) -> str:
             f"{subsets}; " + (f"descent {nt['descent_cpu_seconds'] / 60:.0f} CPU-min on "
                                f"{', '.join(nt['descent_commits'])} ({nt['descent_pairs_failed']} failed pairs)"
                                if nt["descent_commits"] else "closed forms only")
-            + f"; plotted at {nt['commit']}, {nt['date']}, {nt['machine']}, {nt['render_wall_seconds']:.0f} s wall")
+            + f"; plotted at {nt['commit']}, {nt['date']}, {nt['machine']}, {nt['render_wall_seconds']:.0f} s wall"
+            + (f"; not computed yet at this n: {'; '.join(nt['left_out'])}" if nt["left_out"] else ""))
     cols = [e for e in SHOWN if any(np.isclose(e, g) for g in EPS)]
     lines = [head, "", "| curve | " + " | ".join(f"ε = {e:g}" for e in cols) + " |",
              "|---|" + "---|" * len(cols)]
@@ -379,7 +399,7 @@ def render(name: str, ex: Experiment, n: int, root: Path, out_root: Path, resamp
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     curves, note = experiment_curves(name, ex, n, root, out_root, resamples, subsets, closed_n)
-    paths = plot(name, ex, curves, out, resamples)
+    paths = plot(name, ex, curves, note, out, resamples)
     note = {"experiment": name, "title": ex.title, "figure": ex.figure, "threat_model": ex.threat,
             "dataset": ex.dataset, "cuts": list(ex.cuts), "models": {k: f"models/{v}.onnx" for k, v in ex.models.items()},
             "selection": f"seeded random (pool {POOL[ex.dataset].relative_to(ROOT)}, permutation seed {SEED})",
@@ -459,7 +479,7 @@ def main() -> int:
         if descent_cuts(ex) and not args.no_compute:
             if not fill_budgets(ex, size(ex), root, size(ex), deadline, lambda s: print(s, flush=True)):
                 print(f"{name}: stopped at the time limit; plotting the complete part")
-        if descent_cuts(ex) and descent_n(ex, size(ex), root) == 0:
+        if descent_cuts(ex) and descent_n(ex, size(ex), root)[0] == 0:
             print(f"{name}: no complete budgets yet in {root}; skipped")
             continue
         r = render(name, ex, size(ex), root, out, resamples, subsets, closed_n, command)
