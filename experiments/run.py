@@ -372,7 +372,8 @@ def table_md(r: Rendered) -> str:
             f"{subsets}; " + (f"descent {nt['descent_cpu_seconds'] / 60:.0f} CPU-min on "
                                f"{', '.join(nt['descent_commits'])} ({nt['descent_pairs_failed']} failed pairs)"
                                if nt["descent_commits"] else "closed forms only")
-            + f"; plotted at {nt['commit']}, {nt['date']}, {nt['machine']}, {nt['render_wall_seconds']:.0f} s wall"
+            + f"; plotted at {nt['commit']}, {nt['date']}, {nt['machine']} (load {nt['load_average_1min']:g}), "
+              f"{nt['render_wall_seconds']:.0f} s wall"
             + (f"; not computed yet at this n: {'; '.join(nt['left_out'])}" if nt["left_out"] else ""))
     cols = [e for e in SHOWN if any(np.isclose(e, g) for g in EPS)]
     lines = [head, "", "| curve | " + " | ".join(f"ε = {e:g}" for e in cols) + " |",
@@ -406,7 +407,8 @@ def render(name: str, ex: Experiment, n: int, root: Path, out_root: Path, resamp
             "solver": "descent-activeset (every descent to its local optimum)", "resamples": resamples,
             **note, "commit": git_revision(), "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "render_wall_seconds": round(time.perf_counter() - t0, 1), "command": command,
+            "render_wall_seconds": round(time.perf_counter() - t0, 1), "load_average_1min": round(os.getloadavg()[0], 1),
+            "command": command,
             "curves": [c.to_dict() for c in curves]}
     (out / "summary.json").write_text(json.dumps(note, indent=1) + "\n")
     r = Rendered(name, curves, note, paths)
