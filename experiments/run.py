@@ -197,14 +197,14 @@ def closed_budgets(dataset: str, stem: str, subset: int, n: int, cuts: tuple[str
         X = np.round(np.vstack([Xa, Xb]) * 255).astype(np.uint8)
         if not np.array_equal(X / 255.0, np.vstack([Xa, Xb])):
             raise SystemExit("error: points are not raw pixels / 255")
-        tmp = data.with_suffix(".tmp.npz")
+        tmp = data.with_suffix(f".{os.getpid()}.tmp.npz")  # runs in parallel write their own
         np.savez(tmp, X=X, y=np.r_[np.full(n, 3), np.full(n, 7)], index=np.r_[ia, ib])
         tmp.replace(data)
     spec = {"version": 1, "data": {"npz": str(data)}, "split": "train", "classes": [3, 7], "n_per_class": n,
             "selection": {"method": "first"}, "scaling": "divide_255", "norm": "l2", "eps": list(EPS),
             "cuts": list(cuts), "solver": "descent-activeset"}
     a = fxverify.bound(collider(stem, None).net, spec, out=out / "stores" / f"{dataset}_s{subset}_n{n}_{stem}",
-                       jobs=1, write=False)
+                       jobs=1, write=False, witnesses=False)
     if not a.complete or a.pairs_failed:
         raise SystemExit(f"error: closed-form budgets of {stem} incomplete or failed")
     return {c: a.eps_matrices[c] for c in cuts}
