@@ -82,6 +82,7 @@ class Experiment:
     subsets: int = 3  # closed-form-only experiments: disjoint subsets of 500
     domain: tuple | None = None  # None: l2 in R^d, as the paper
     smoke_cuts: tuple | None = None  # --smoke: these cuts only (the box's descents cost ~20 CPU-s a pair)
+    closed_n: int = 500  # closed-form-only experiments: points per class of each subset (at most SUBSET)
 
     @property
     def closed_only(self) -> bool:
@@ -117,7 +118,11 @@ EXPERIMENTS = {
                               n=50),
     "fig11": Experiment("CNN first convolution layer across training methods, MNIST", "Fig. 11", "mnist",
                         {"benign": "cnn_mnist_3v7_benign", "PGD 2": "cnn_mnist_3v7_pgd2",
-                         "TRADES 2": "cnn_mnist_3v7_trades2"}, ("input", "linear1")),
+                         "TRADES 2": "cnn_mnist_3v7_trades2"}, ("input", "linear1"),
+                        # fxverify.bound's closed forms at the 11,520-value convolution: one model and
+                        # subset at n = 500 had not finished after 6 min (2 shared cores, 2026-12-07),
+                        # about 1 min at n = 100
+                        closed_n=100),
 }
 
 #: --smoke: every experiment at tiny sizes (a minute or two)
@@ -201,9 +206,11 @@ def closed_budgets(dataset: str, stem: str, subset: int, n: int, cuts: tuple[str
         np.savez(tmp, X=X, y=np.r_[np.full(n, 3), np.full(n, 7)], index=np.r_[ia, ib])
         tmp.replace(data)
     spec = {"version": 1, "data": {"npz": str(data)}, "split": "train", "classes": [3, 7], "n_per_class": n,
-            "selection": {"method": "first"}, "scaling": "divide_255", "norm": "l2", "eps": list(EPS),
+            "selection": {"method": "first"}, "scaling": "divide_255", "norm": "l2", "eps": [EPS[-1]],
             "cuts": list(cuts), "solver": "descent-activeset"}
-    a = fxverify.bound(collider(stem, None).net, spec, out=out / "stores" / f"{dataset}_s{subset}_n{n}_{stem}",
+    # only the budgets are used (the curves and bands are computed here): a one-value grid keeps
+    # bound's own matching and cross-entropy programs (0.6 CPU-s each at n = 500) to one per cut
+    a = fxverify.bound(collider(stem, None).net, spec, out=out / "closed" / f"{dataset}_s{subset}_n{n}_{stem}",
                        jobs=1, write=False, witnesses=False)
     if not a.complete or a.pairs_failed:
         raise SystemExit(f"error: closed-form budgets of {stem} incomplete or failed")
@@ -484,7 +491,7 @@ def main() -> int:
         if descent_cuts(ex) and descent_n(ex, size(ex), root)[0] == 0:
             print(f"{name}: no complete budgets yet in {root}; skipped")
             continue
-        r = render(name, ex, size(ex), root, out, resamples, subsets, closed_n, command)
+        r = render(name, ex, size(ex), root, out, resamples, subsets, min(closed_n, ex.closed_n), command)
         done.append(r)
         print(f"{name}: {ex.title} ({ex.figure}); {ex.threat}; n = {r.note['n_per_class']} per class, "
               f"{time.perf_counter() - t0:.1f} s")
