@@ -82,6 +82,7 @@ class Experiment:
     subsets: int = 3  # closed-form-only experiments: disjoint subsets of 500
     domain: tuple | None = None  # None: l2 in R^d, as the paper
     smoke_cuts: tuple | None = None  # --smoke: these cuts only (the box's descents cost ~20 CPU-s a pair)
+    closed_n: int = 500  # closed-form-only experiments: points per class of each subset (at most SUBSET)
 
     @property
     def closed_only(self) -> bool:
@@ -94,8 +95,10 @@ class Experiment:
 
 
 EXPERIMENTS = {
+    # one subset: its closed forms took ~2.5 min per model and subset on the shared VM on 2026-12-07
+    # (Fashion-MNIST's ~1 min), too long for all three in that session; raise to 3 to add the others
     "fig2_mnist": Experiment("First linear layer across training methods, MNIST 3 vs 7", "Fig. 2 (and Fig. 7, 0-1 loss)",
-                             "mnist", METHODS_MNIST, ("linear1",)),
+                             "mnist", METHODS_MNIST, ("linear1",), subsets=1),
     "fig2_fmnist": Experiment("First linear layer across training methods, Fashion-MNIST 3 vs 7",
                               "Fig. 2 (and Fig. 7, 0-1 loss)", "fmnist", METHODS_FMNIST, ("linear1",)),
     "fig3": Experiment("Layer-wise bounds, benign FCNN, MNIST", "Fig. 3 (and Fig. 8, 0-1 loss)", "mnist",
@@ -117,7 +120,11 @@ EXPERIMENTS = {
                               n=50),
     "fig11": Experiment("CNN first convolution layer across training methods, MNIST", "Fig. 11", "mnist",
                         {"benign": "cnn_mnist_3v7_benign", "PGD 2": "cnn_mnist_3v7_pgd2",
-                         "TRADES 2": "cnn_mnist_3v7_trades2"}, ("input", "linear1")),
+                         "TRADES 2": "cnn_mnist_3v7_trades2"}, ("input", "linear1"),
+                        # fxverify.bound's closed forms at the 11,520-value convolution: one model and
+                        # subset at n = 500 had not finished after 6 min (2 shared cores, 2026-12-07),
+                        # about 1 min at n = 100
+                        closed_n=100),
 }
 
 #: --smoke: every experiment at tiny sizes (a minute or two)
@@ -197,27 +204,38 @@ def closed_budgets(dataset: str, stem: str, subset: int, n: int, cuts: tuple[str
         X = np.round(np.vstack([Xa, Xb]) * 255).astype(np.uint8)
         if not np.array_equal(X / 255.0, np.vstack([Xa, Xb])):
             raise SystemExit("error: points are not raw pixels / 255")
-        tmp = data.with_suffix(".tmp.npz")
+        tmp = data.with_suffix(f".{os.getpid()}.tmp.npz")  # runs in parallel write their own
         np.savez(tmp, X=X, y=np.r_[np.full(n, 3), np.full(n, 7)], index=np.r_[ia, ib])
         tmp.replace(data)
     spec = {"version": 1, "data": {"npz": str(data)}, "split": "train", "classes": [3, 7], "n_per_class": n,
-            "selection": {"method": "first"}, "scaling": "divide_255", "norm": "l2", "eps": list(EPS),
+            "selection": {"method": "first"}, "scaling": "divide_255", "norm": "l2", "eps": [EPS[-1]],
             "cuts": list(cuts), "solver": "descent-activeset"}
-    a = fxverify.bound(collider(stem, None).net, spec, out=out / "stores" / f"{dataset}_s{subset}_n{n}_{stem}",
-                       jobs=1, write=False)
+    # only the budgets are used (the curves and bands are computed here): a one-value grid keeps
+    # bound's own matching and cross-entropy programs (0.6 CPU-s each at n = 500) to one per cut
+    a = fxverify.bound(collider(stem, None).net, spec, out=out / "closed" / f"{dataset}_s{subset}_n{n}_{stem}",
+                       jobs=1, write=False, witnesses=False)
     if not a.complete or a.pairs_failed:
         raise SystemExit(f"error: closed-form budgets of {stem} incomplete or failed")
     return {c: a.eps_matrices[c] for c in cuts}
 
 
-def descent_n(ex: Experiment, n: int, root: Path) -> int:
-    """The largest n' <= n with every pair of the first n' points done in all the experiment's
-    budget files (0 when one is missing)."""
-    m = n
+def complete(ex: Experiment, root: Path) -> dict:
+    """(model, cut) -> the largest n' with every pair of the first n' points done in its budget
+    file (0: no file)."""
+    out = {}
     for key in budget_keys(ex):
         bf = load_budgets(key, root)
-        m = 0 if bf is None else min(m, bf.complete_upto())
-    return m
+        out[(key.model, key.cut)] = 0 if bf is None else bf.complete_upto()
+    return out
+
+
+def descent_n(ex: Experiment, n: int, root: Path) -> tuple[int, dict]:
+    """The points per class a figure of stored budgets shows, and the (model, cut) curves it
+    leaves out: the largest complete square among the experiment's files (at most n); a file
+    complete to fewer points is left out (with its count) rather than shrinking every curve."""
+    done = complete(ex, root)
+    m = min(n, max(done.values(), default=0))
+    return m, {k: v for k, v in done.items() if v < m}
 
 
 @dataclass
@@ -236,11 +254,13 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
     cache = out / "cache" / "bootstrap"
     curves, cpu, commits, failed = [], 0.0, set(), 0
     grid = np.asarray(EPS)
+    missing = {}
     if ex.closed_only:
         runs = [(k, closed_n) for k in range(subsets)]
     else:
-        runs = [(0, descent_n(ex, n, root))]
-        if runs[0][1] == 0:
+        m, missing = descent_n(ex, n, root)
+        runs = [(0, m)]
+        if m == 0:
             raise SystemExit(f"error: {name}: no complete budgets in {root} (compute them first)")
     for subset, m in runs:
         ia, ib = resample_indices(ex.dataset, m, m, resamples, SEED) if subset == 0 else (None, None)
@@ -254,7 +274,7 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
             if closed:
                 mats.update(closed_budgets(ex.dataset, stem, subset, m, closed, out))
             for key in budget_keys(ex):
-                if key.model != stem:
+                if key.model != stem or (key.model, key.cut) in missing:
                     continue
                 bf = load_budgets(key, root)
                 _, _, pa, pb = points(ex.dataset, subset, m)
@@ -264,11 +284,12 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
                 fails[key.cut] = int(bf.failed[:m, :m].sum())
                 cpus[key.cut] = float(bf.cpu[:m, :m].sum())
                 commits.update(bf.meta.get("commits", []))
-            for cut in ex.cuts:  # a collision at a determining cut is one here too
+            shown = [c for c in ex.cuts if c in mats]
+            for cut in shown:  # a collision at a determining cut is one here too
                 for d in net.dominators(cut)[:-1]:
                     if d in mats:
                         mats[cut] = np.minimum(mats[cut], mats[d])
-            for cut in ex.cuts:
+            for cut in shown:
                 E = mats[cut]
                 edges, l01, ce = bounds(E, grid)
                 b01 = bce = None
@@ -280,8 +301,14 @@ def experiment_curves(name: str, ex: Experiment, n: int, root: Path, out: Path, 
                 failed += fails.get(cut, 0)
     note = {"n_per_class": runs[0][1], "subsets": len(runs), "pairs_per_curve": runs[0][1] ** 2,
             "descent_cpu_seconds": round(cpu, 1), "descent_pairs_failed": failed,
-            "descent_commits": sorted(commits)}
+            "descent_commits": sorted(commits),
+            "left_out": [f"{label_of(ex, mdl)} {cut} (budgets complete for {k} of {runs[0][1]} points per class)"
+                         for (mdl, cut), k in sorted(missing.items())]}
     return curves, note
+
+
+def label_of(ex: Experiment, stem: str) -> str:
+    return next(k for k, v in ex.models.items() if v == stem)
 
 
 def machine() -> str:
@@ -299,7 +326,7 @@ def machine() -> str:
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
 
 
-def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> list[Path]:
+def plot(name: str, ex: Experiment, curves: list, note: dict, out: Path, resamples: int) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +358,8 @@ def plot(name: str, ex: Experiment, curves: list, out: Path, resamples: int) -> 
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-        ax.set_title(f"{ex.title}\n{ex.threat}\n{what}; bands: 95% bootstrap ({resamples} resamples)",
+        left = f"\nnot computed yet at this n: {'; '.join(note['left_out'])}" if note["left_out"] else ""
+        ax.set_title(f"{ex.title}\n{ex.threat}\n{what}; bands: 95% bootstrap ({resamples} resamples){left}",
                      fontsize=7.5)
         fig.tight_layout()
         p = out / fname
@@ -353,7 +381,9 @@ def table_md(r: Rendered) -> str:
             f"{subsets}; " + (f"descent {nt['descent_cpu_seconds'] / 60:.0f} CPU-min on "
                                f"{', '.join(nt['descent_commits'])} ({nt['descent_pairs_failed']} failed pairs)"
                                if nt["descent_commits"] else "closed forms only")
-            + f"; plotted at {nt['commit']}, {nt['date']}, {nt['machine']}, {nt['render_wall_seconds']:.0f} s wall")
+            + f"; plotted at {nt['commit']}, {nt['date']}, {nt['machine']} (load {nt['load_average_1min']:g}), "
+              f"{nt['render_wall_seconds']:.0f} s wall"
+            + (f"; not computed yet at this n: {'; '.join(nt['left_out'])}" if nt["left_out"] else ""))
     cols = [e for e in SHOWN if any(np.isclose(e, g) for g in EPS)]
     lines = [head, "", "| curve | " + " | ".join(f"ε = {e:g}" for e in cols) + " |",
              "|---|" + "---|" * len(cols)]
@@ -379,14 +409,15 @@ def render(name: str, ex: Experiment, n: int, root: Path, out_root: Path, resamp
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     curves, note = experiment_curves(name, ex, n, root, out_root, resamples, subsets, closed_n)
-    paths = plot(name, ex, curves, out, resamples)
+    paths = plot(name, ex, curves, note, out, resamples)
     note = {"experiment": name, "title": ex.title, "figure": ex.figure, "threat_model": ex.threat,
             "dataset": ex.dataset, "cuts": list(ex.cuts), "models": {k: f"models/{v}.onnx" for k, v in ex.models.items()},
             "selection": f"seeded random (pool {POOL[ex.dataset].relative_to(ROOT)}, permutation seed {SEED})",
             "solver": "descent-activeset (every descent to its local optimum)", "resamples": resamples,
             **note, "commit": git_revision(), "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "render_wall_seconds": round(time.perf_counter() - t0, 1), "command": command,
+            "render_wall_seconds": round(time.perf_counter() - t0, 1), "load_average_1min": round(os.getloadavg()[0], 1),
+            "command": command,
             "curves": [c.to_dict() for c in curves]}
     (out / "summary.json").write_text(json.dumps(note, indent=1) + "\n")
     r = Rendered(name, curves, note, paths)
@@ -459,10 +490,11 @@ def main() -> int:
         if descent_cuts(ex) and not args.no_compute:
             if not fill_budgets(ex, size(ex), root, size(ex), deadline, lambda s: print(s, flush=True)):
                 print(f"{name}: stopped at the time limit; plotting the complete part")
-        if descent_cuts(ex) and descent_n(ex, size(ex), root) == 0:
+        if descent_cuts(ex) and descent_n(ex, size(ex), root)[0] == 0:
             print(f"{name}: no complete budgets yet in {root}; skipped")
             continue
-        r = render(name, ex, size(ex), root, out, resamples, subsets, closed_n, command)
+        r = render(name, ex, size(ex), root, out, resamples, min(subsets, ex.subsets), min(closed_n, ex.closed_n),
+                   command)
         done.append(r)
         print(f"{name}: {ex.title} ({ex.figure}); {ex.threat}; n = {r.note['n_per_class']} per class, "
               f"{time.perf_counter() - t0:.1f} s")

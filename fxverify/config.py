@@ -67,6 +67,11 @@ class Engine:
         return self.profile.risky_flips
 
     @property
+    def multistart(self):
+        """The descent's extra starts (a :class:`~fxverify.profiles.Multistart`), or None."""
+        return self.profile.multistart
+
+    @property
     def name(self) -> str:
         return self.profile.name
 

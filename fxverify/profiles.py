@@ -29,6 +29,27 @@ STARTS = ("midpoint", "shallower")
 
 
 @dataclass(frozen=True)
+class Multistart:
+    """Descent: extra starts for every ReLU cut, all descended, the best verified collision kept
+    (profile ``multistart``; absent: one start, a later one only when it finds nothing).
+
+    ``segment``: that many points x = u + t (v - u) at t = k / (segment + 1), k = 1..segment
+    (both points start at x: the features collide there, so the patterns admit a collision);
+    ``random``: that many points at the midpoint plus a random move in the perturbation space
+    (its length a uniform 5-50% of the midpoint budget), seeded by ``seed`` and the pair's and
+    cut's bytes, so a pair's result never depends on the order pairs run in; ``apgd``: the
+    Auto-PGD attack's points (:func:`fxverify.collision.apgd.apgd_points`) as one more start."""
+
+    segment: int = 0
+    random: int = 0
+    apgd: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment, "random": self.random, "apgd": self.apgd, "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class SolverProfile:
     name: str
     method: str
@@ -46,6 +67,8 @@ class SolverProfile:
     risky_flips: bool = False
     #: descent under l-inf / l1: the LP backend when ``backend`` solves only cone LPs
     lp_backend: str = DEFAULT_LP_BACKEND
+    #: descent: extra starts, every one descended (None: the single start above)
+    multistart: Multistart | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "method": self.method, "backend": self.backend,
@@ -53,6 +76,7 @@ class SolverProfile:
                 "threads": self.options.threads, "options": dict(self.options.native),
                 "max_iterations": self.max_iterations, "start": self.start,
                 "risky_flips": self.risky_flips, "lp_backend": self.lp_backend, "source": self.source,
+                **({"multistart": self.multistart.to_dict()} if self.multistart else {}),
                 **({"fallback": [{"backend": b, "options": dict(o.native)} for b, o in self.fallbacks]}
                    if self.fallbacks else {})}
 
@@ -67,6 +91,8 @@ class SolverProfile:
         for k in ("time_limit", "rel_gap", "threads"):
             if getattr(self.options, k) is not None:
                 doc[k] = getattr(self.options, k)
+        if self.multistart:
+            doc["multistart"] = self.multistart.to_dict()
         if self.fallbacks:
             doc["fallback"] = [{"backend": b, "options": dict(o.native)} for b, o in self.fallbacks]
         return doc
@@ -93,8 +119,12 @@ def _show(overrides: dict) -> str:
 
 
 def builtin_profiles() -> dict[str, Any]:
-    """name -> resource of every profile shipped with the package."""
-    root = resources.files("fxverify._profiles")
+    """name -> resource of every profile shipped with the package. Imported from a source tree
+    (``fxverify/`` beside ``pyproject.toml`` and ``solvers/``), its own ``solvers/`` folder: the
+    data package of an install from another checkout would otherwise shadow it."""
+    tree = Path(__file__).resolve().parent.parent
+    source = tree / "solvers"
+    root = source if (tree / "pyproject.toml").is_file() and source.is_dir() else resources.files("fxverify._profiles")
     return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".json")}
 
 
@@ -124,12 +154,15 @@ def _parse(doc: Any, name: str, source: str) -> SolverProfile:
                           f"available: {', '.join(sorted(known))}")
     opts = SolverOptions(time_limit=doc.get("time_limit"), rel_gap=doc.get("rel_gap"), threads=doc.get("threads"),
                          native=dict(doc.get("options", {})))
+    ms = doc.get("multistart")
     fb = doc.get("fallback") or []
     fb = [fb] if isinstance(fb, dict) else fb
     return SolverProfile(name=name, method=doc["method"], backend=doc["backend"], options=opts,
                          max_iterations=int(doc.get("max_iterations", 50)), description=doc.get("description", ""),
                          start=doc.get("start", "midpoint"), risky_flips=bool(doc.get("risky_flips", False)),
-                         lp_backend=doc.get("lp_backend", DEFAULT_LP_BACKEND), source=source, fallbacks=tuple((f["backend"], SolverOptions(native=dict(f.get("options", {})))) for f in fb))
+                         lp_backend=doc.get("lp_backend", DEFAULT_LP_BACKEND), source=source,
+                         multistart=None if ms is None else Multistart(**ms),
+                         fallbacks=tuple((f["backend"], SolverOptions(native=dict(f.get("options", {})))) for f in fb))
 
 
 def _read(raw: bytes, source: str) -> Any:

@@ -567,10 +567,12 @@ _GAPS: dict = {}
 @pytest.mark.parametrize("domain", DOMAINS, ids=_dom_id)
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("name, k", PIECE_CUTS, ids=[f"{n}-{k}" for n, k in PIECE_CUTS])
-def test_descent_is_never_below_the_oracle(nets, name, k, norm, domain, capsys):
+@pytest.mark.parametrize("profile", [None, "descent-tight"], ids=["default", "tight"])
+def test_descent_is_never_below_the_oracle(nets, profile, name, k, norm, domain, capsys):
+    """... and the multi-start descent (descent-tight) never above the default one."""
     net = nets[name]
     cut = cut_of(net, k)
-    col = collider(net, None, norm, domain)
+    col = collider(net, profile, norm, domain)
     gaps = []
     for i in range(N_PAIRS):
         u, v = points(name, domain, i)
@@ -578,11 +580,14 @@ def test_descent_is_never_below_the_oracle(nets, name, k, norm, domain, capsys):
         c = col.collide(cut, u, v)
         assert_verified(net, cut, u, v, c, norm, domain)
         assert c.eps >= star - 1e-6, f"a collision below eps*: {c.eps} < {star}"
+        if profile is not None:
+            one = collider(net, None, norm, domain).collide(cut, u, v)
+            assert c.eps <= one.eps * (1 + 1e-9) + 1e-12, f"multi-start worse than one start: {c.eps} > {one.eps}"
         gaps.append(c.eps - star)
-    _GAPS.setdefault((norm, _dom_id(domain)), []).extend(gaps)
+    _GAPS.setdefault((profile or "default", norm, _dom_id(domain)), []).extend(gaps)
     with capsys.disabled():
-        print(f"\n  {name} {cut} {norm} {_dom_id(domain)}: descent - eps* mean {np.mean(gaps):.5f} "
-              f"(max {np.max(gaps):.5f})", end="")
+        print(f"\n  {profile or 'default'} {name} {cut} {norm} {_dom_id(domain)}: descent - eps* mean "
+              f"{np.mean(gaps):.5f} (max {np.max(gaps):.5f})", end="")
 
 
 def test_descent_gaps_summary(capsys):
@@ -590,8 +595,8 @@ def test_descent_gaps_summary(capsys):
     if not _GAPS:
         pytest.skip("run with the descent tests")
     with capsys.disabled():
-        for (norm, dom), g in sorted(_GAPS.items()):
-            print(f"\n  descent - eps*, {norm} {dom}: mean {np.mean(g):.5f} over {len(g)} pairs, "
+        for (profile, norm, dom), g in sorted(_GAPS.items()):
+            print(f"\n  {profile} descent - eps*, {norm} {dom}: mean {np.mean(g):.5f} over {len(g)} pairs, "
                   f"{np.mean(np.asarray(g) > 1e-6):.0%} above eps*", end="")
 
 

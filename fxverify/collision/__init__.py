@@ -172,7 +172,8 @@ class Collider:
                 # descent here cannot change an edge
                 return self._verified(cut, u, v, usable.u_adv, usable.v_adv, self.method, t0,
                                       note=f"kept the collision found at {usable.cut} (below the grid)")
-            out = self._descent(cut).run(u, v, self._starts(u, v, usable), stop, deadline=deadline)
+            multi = self.engine.multistart is not None and self.method == "descent"
+            out = self._descent(cut).run(u, v, self._starts(cut, u, v, usable), stop, deadline=deadline, every=multi)
         except np.linalg.LinAlgError as err:  # numerical trouble in the set-up of one pair
             return self._failed(cut, t0, f"linear algebra failed: {err}")
         if out.timed_out:
@@ -183,22 +184,25 @@ class Collider:
             return self._failed(cut, t0, out.message, out.lp_solves)
         return self._descended(cut, u, v, out, usable, t0)
 
-    def _starts(self, u, v, usable: Collision | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _starts(self, cut: str, u, v, usable: Collision | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """The descent's starts: the midpoint, and the collision of a determining cut (first
-        with profile ``start: shallower``; a later start only runs if the first fails)."""
+        with profile ``start: shallower``; a later start only runs if the first fails), then the
+        profile's ``multistart`` starts (:mod:`fxverify.collision.starts`; all are descended)."""
         mid = (u + v) / 2.0
         chained = [(usable.u_adv, usable.v_adv)] if usable is not None else []
         if self.method == "faithful":
             return [(mid, mid)]
-        return chained + [(mid, mid)] if self.engine.start == "shallower" else [(mid, mid)] + chained
+        starts = chained + [(mid, mid)] if self.engine.start == "shallower" else [(mid, mid)] + chained
+        if self.engine.multistart is not None:
+            from .starts import extra_starts
+
+            starts += extra_starts(self.plan(cut), u, v, self.engine.multistart)
+        return starts
 
     def _descended(self, cut, u, v, out, usable: Collision | None, t0) -> Collision:
         """The verified result of a descent that ended (or the determining cut's collision,
         kept when it is better)."""
-        result = None
-        if out.found:
-            result = self._verified(cut, u, v, out.u_adv, out.v_adv, self.method, t0, out.lp_solves, out.objective,
-                                    note=out.message)
+        result = self._first_verified(cut, u, v, out, t0) if out.found else None
         if usable is not None and (result is None or result.status is not CollisionStatus.FOUND
                                    or result.eps > usable.eps):
             kept = self._verified(cut, u, v, usable.u_adv, usable.v_adv, self.method, t0, out.lp_solves,
@@ -207,9 +211,23 @@ class Collider:
                 return kept
         if result is None:
             return self._failed(cut, t0, out.message or "no collision found", out.lp_solves)
-        if self.engine.check is not None and out.problem is not None:
-            result = self._check(result, out.problem)
+        problem = next((c.problem for c in out.candidates if c.objective == result.objective), out.problem)
+        if self.engine.check is not None and problem is not None:
+            result = self._check(result, problem)
         return result
+
+    def _first_verified(self, cut, u, v, out, t0) -> Collision:
+        """The descent's best collision that verifies (a multi-start descent's candidates in
+        order of their budget; else its one point); the best one's failure when none does."""
+        cands = out.candidates or [None]
+        first = None
+        for c in cands:
+            ua, va, obj = (out.u_adv, out.v_adv, out.objective) if c is None else (c.u_adv, c.v_adv, c.objective)
+            r = self._verified(cut, u, v, ua, va, self.method, t0, out.lp_solves, obj, note=out.message)
+            if r.status is CollisionStatus.FOUND:
+                return r
+            first = first or r
+        return first
 
     def _affine_lp(self, cut: str, plan: CutPlan, u, v, t0, deadline: float | None = None) -> Collision:
         """An affine cut without a closed form (l-inf / l1, or an input domain): one LP."""

@@ -141,10 +141,23 @@ class DescentOutcome:
     #: the deadline passed before the descent ended: the point (if any) is a valid collision but
     #: not the descent's result (a run abandons the cut; results never depend on timing)
     timed_out: bool = False
+    #: every start's collision (``run(..., every=True)``), best first: the caller verifies them
+    #: in this order and keeps the first that holds
+    candidates: list[Candidate] = field(default_factory=list)
 
     @property
     def found(self) -> bool:
         return self.u_adv is not None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One start's collision (before verification) and the LP of its final pattern."""
+
+    objective: float
+    u_adv: np.ndarray
+    v_adv: np.ndarray
+    problem: MinMaxNormProblem | None
 
 
 class PatternDescent:
@@ -344,17 +357,24 @@ class PatternDescent:
         return lp, with_fallbacks(sol, lp.problem, self.fallbacks)
 
     def run(self, u: np.ndarray, v: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]],
-            stop: GridStop | None = None, deadline: float | None = None) -> DescentOutcome:
+            stop: GridStop | None = None, deadline: float | None = None, every: bool = False) -> DescentOutcome:
         """Descend from each start (pairs of points whose patterns seed the search); keep the best.
         ``stop``: end a descent when its next steps cannot cross a grid value (None: run each to
         its local optimum). ``deadline`` (a :func:`time.monotonic` time): past it the descent
-        ends with ``timed_out`` set (its LPs get the time left as their limit)."""
+        ends with ``timed_out`` set (its LPs get the time left as their limit). ``every``: descend
+        from every start (one per distinct start pattern; a multi-start descent) and list every
+        collision in ``candidates``, best first; otherwise a later start runs only when the
+        earlier ones found nothing."""
         t0 = time.perf_counter()
         self._jac.clear()
         best = DescentOutcome(None, None)
-        messages, failures = [], []
+        messages, failures, seen = [], [], set()
         for xu, xv in starts:
-            out = self._descend(u, v, self.patterns_at(xu, xv), stop, deadline)
+            pat = self.patterns_at(xu, xv)
+            if every and pat.key() in seen:
+                continue  # the same start pattern descends to the same point
+            seen.add(pat.key())
+            out = self._descend(u, v, pat, stop, deadline)
             best.timed_out |= out.timed_out
             best.iterations += out.iterations
             best.lp_solves += out.lp_solves
@@ -365,8 +385,13 @@ class PatternDescent:
             if out.found and out.objective < best.objective:
                 best.u_adv, best.v_adv, best.objective, best.history = out.u_adv, out.v_adv, out.objective, out.history
                 best.problem = out.problem
-            if best.timed_out or (best.found and not self.faithful):
+            if out.found and every:
+                best.candidates.append(Candidate(out.objective, out.u_adv, out.v_adv, out.problem))
+            if best.timed_out or (best.found and not self.faithful and not every):
                 break  # a later start is only a fallback
+        best.candidates.sort(key=lambda c: c.objective)
+        if every:
+            messages.append(f"multi-start: {len(seen)} distinct start patterns, {len(best.candidates)} collisions")
         best.seconds = time.perf_counter() - t0
         best.message = "; ".join(dict.fromkeys(messages))
         best.failed = "; ".join(dict.fromkeys(failures))
