@@ -233,10 +233,10 @@ def _timing_out(cut):
 
     real = PatternDescent.run
 
-    def run(self, u, v, starts, stop=None, deadline=None):
+    def run(self, u, v, starts, stop=None, **kw):
         if self.plan.cut == cut:
             return DescentOutcome(None, None, timed_out=True, message="time budget reached at step 1")
-        return real(self, u, v, starts, stop, deadline=deadline)
+        return real(self, u, v, starts, stop, **kw)
 
     return run
 
