@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._version import __version__
-from .collision import Collider
+from .collision import Collider, _reachable
 from .collision.affine import all_pairs_eps, closed_form, row_space
 from .collision.verify import Verdicts
 from .config import ORDERS
@@ -186,14 +186,6 @@ def _closed_collisions(collider: Collider, cut: str, U: np.ndarray, V: np.ndarra
         Ua, Va = U + D, V - D
     return _reachable(U, Ua), _reachable(V, Va)
 
-
-def _reachable(base: np.ndarray, X: np.ndarray) -> np.ndarray:
-    for _ in range(4):
-        Y = base + (X - base)
-        if np.array_equal(Y, X):
-            break
-        X = Y
-    return X
 
 
 def _verify_closed(collider: Collider, points: Points, cut: str, eps: np.ndarray, limit: float | None,

@@ -372,22 +372,14 @@ class _LeastNorm:
         # rows touching one point only make phi jump)
 
         def phi(w):
-            iw, iv = 1.0 / w, 1.0 / (1.0 - w)
-            cf = scipy.linalg.cho_factor(Ku * iw + Kv * iv, lower=True, check_finite=False)
-            lam = -scipy.linalg.cho_solve(cf, e, check_finite=False)
-            ku, kv = Ku @ lam, Kv @ lam
-            a, b = float(lam @ ku), float(lam @ kv)
-            q = kv * iv * iv - ku * iw * iw  # dM/dw lam
-            d = 2 * float(q @ scipy.linalg.cho_solve(cf, q, check_finite=False)) - 2 * a * iw ** 3 - 2 * b * iv ** 3
-            return a * iw * iw - b * iv * iv, d, lam, a * iw * iw + b * iv * iv
+            cf = scipy.linalg.cho_factor(Ku * (1.0 / w) + Kv * (1.0 / (1.0 - w)), lower=True, check_finite=False)
+            return _balance(w, lambda rhs: scipy.linalg.cho_solve(cf, rhs, check_finite=False), e,
+                            lambda lam: Ku @ lam, lambda lam: Kv @ lam)
 
-        try:
-            w = _newton_root(phi, w0)
-            if w is None:
-                return None
-            lm = phi(w)[2]
-        except (np.linalg.LinAlgError, ValueError):
+        root = _fixed_root(phi, w0)
+        if root is None:
             return None
+        w, lm = root
         x = np.concatenate([-Nx[:, :r].T @ lm / w, -Nx[:, r:].T @ lm / (1 - w)])
         nu, nv = float(x[:r] @ x[:r]), float(x[r:] @ x[r:])
         if not abs(nu - nv) <= BALANCE_TOL * (nu + nv):
@@ -436,22 +428,12 @@ class _LeastNorm:
             return solve
 
         def phi(w):
-            iw, iv = 1.0 / w, 1.0 / (1.0 - w)
-            solve = factor(w)
-            lam = -solve(e)
-            ku, kv = Kmul(lam, "u"), Kmul(lam, "v")
-            a, b = float(lam @ ku), float(lam @ kv)
-            qv = kv * iv * iv - ku * iw * iw
-            d = 2 * float(qv @ solve(qv)) - 2 * a * iw ** 3 - 2 * b * iv ** 3
-            return a * iw * iw - b * iv * iv, d, lam, a * iw * iw + b * iv * iv
+            return _balance(w, factor(w), e, lambda lam: Kmul(lam, "u"), lambda lam: Kmul(lam, "v"))
 
-        try:
-            w = _newton_root(phi, w0)
-            if w is None:
-                return None
-            lm = phi(w)[2]
-        except (np.linalg.LinAlgError, ValueError):
+        root = _fixed_root(phi, w0)
+        if root is None:
             return None
+        w, lm = root
         le, li = lm[:q], lm[q:]
         tu = le @ Au
         x = np.concatenate([-(tu + Nu.T @ li) / w, -(-tu + Nv.T @ li) / (1 - w)])
@@ -530,6 +512,30 @@ BALANCE_TOL = 1e-8
 
 #: equality rows whose pivoted-QR pivot is below this (relative) depend on the others
 EQ_RANK_TOL = 1e-10
+
+
+def _balance(w: float, solve, e, ku_of, kv_of):
+    """phi(w) = lam'Ku lam / w^2 - lam'Kv lam / (1-w)^2 with M(w) lam = -e, M(w) = Ku/w + Kv/(1-w)
+    (``solve``: M(w)^-1 applied, ``ku_of``/``kv_of``: Ku, Kv applied), its derivative, lam and
+    the sum of both squared norms: what :func:`_newton_root` needs."""
+    iw, iv = 1.0 / w, 1.0 / (1.0 - w)
+    lam = -solve(e)
+    ku, kv = ku_of(lam), kv_of(lam)
+    a, b = float(lam @ ku), float(lam @ kv)
+    q = kv * iv * iv - ku * iw * iw  # dM/dw lam
+    d = 2 * float(q @ solve(q)) - 2 * a * iw ** 3 - 2 * b * iv ** 3
+    return a * iw * iw - b * iv * iv, d, lam, a * iw * iw + b * iv * iv
+
+
+def _fixed_root(phi, w0):
+    """(w, lam) at the root of phi near w0, or None (no root, or a singular M(w) on the way)."""
+    try:
+        w = _newton_root(phi, w0)
+        if w is None:
+            return None
+        return w, phi(w)[2]
+    except (np.linalg.LinAlgError, ValueError):
+        return None
 
 
 def _newton_root(phi, w0, max_steps=100):
