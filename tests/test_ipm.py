@@ -123,3 +123,42 @@ def test_time_limit_is_honoured():
     assert sol.termination is Termination.TIME_LIMIT
     with pytest.raises(fxverify.FxverifyError):
         IPM.check_options(SolverOptions(threads=2))  # not a portable option it honours
+
+
+def _pinned(rng, norm: str, gap: float = 0.0) -> MinMaxNormProblem:
+    """Sign rows that the equalities fix at their bound (no interior: a unit pinned to its kink),
+    ``gap`` above it (violated by every point of the equalities) when positive."""
+    r, k = int(rng.integers(4, 12)), 3
+    Au, Av = rng.standard_normal((k, r)), rng.standard_normal((k, r))
+    A = np.block([[Au, np.zeros((k, r))], [np.zeros((k, r)), Av]])
+    x0 = np.linalg.lstsq(A, rng.standard_normal(2 * k) * 0.5, rcond=None)[0]
+    C = np.block([[Au[:2], np.zeros((2, r))], [np.zeros((2, r)), -Av[1:]]])
+    slack = rng.standard_normal((2, 2 * r))
+    slack[0, r:] = slack[1, :r] = 0.0
+    C = np.vstack([C, slack])
+    h = np.concatenate([C[:4] @ x0 - gap, slack @ x0 + 0.3])
+    return MinMaxNormProblem(C=C, h=h, A=A, b=A @ x0, norm=norm)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_rows_the_equalities_pin_to_their_bound_are_solved_without_them(norm):
+    # no interior: the central path does not exist and the plain solve stalls; the rows are
+    # dropped (satisfied by every feasible point), the optimum agrees with the simplex's
+    rng = np.random.default_rng({"l2": 11, "linf": 12, "l1": 13}[norm])
+    for trial in range(6):
+        p = _pinned(rng, norm)
+        ref, sol = _reference(p), IPM.solve_min_max_norm(p, SolverOptions())
+        assert ref.ok and sol.ok, (trial, ref.message, sol.message)
+        assert sol.objective == pytest.approx(ref.objective, rel=1e-8, abs=1e-10), trial
+        _check_point(p, sol)
+        assert np.all(sol.z >= 0) and sol.z.shape == (p.n_linear,)
+    assert "fixed by the equalities" in sol.message  # the path this test is about was taken
+
+
+def test_rows_the_equalities_fix_above_their_bound_are_infeasible():
+    rng = np.random.default_rng(5)
+    for norm in ("linf", "l1", "l2"):
+        p = _pinned(rng, norm, gap=1e-3)
+        if norm != "l2":
+            assert get_backend("highs").solve_min_max_norm(p, SolverOptions()).termination is Termination.INFEASIBLE
+        assert IPM.solve_min_max_norm(p, SolverOptions()).termination is Termination.INFEASIBLE

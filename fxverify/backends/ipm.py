@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,8 @@ REDUCE_TOL = 1e-12
 #: an iterate this accurate (relative gap and residuals) is returned when the Newton systems
 #: become too ill-conditioned to go on (the last digits of the optimum)
 NEAR_OPTIMAL = 1e-8
+#: two steps in a row shorter than this end the solve as a numerical failure (a stalled path)
+STALL_STEP = 1e-8
 
 
 class _Numerical(Exception):
@@ -262,6 +265,7 @@ class IpmSolver:
         pt = _Iterate(self.P)
         it = 0
         best = None  # the most accurate iterate so far, for a numerical failure near the optimum
+        stalled = 0
         for it in range(1, self.max_iter + 1):
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise _TimeLimit()
@@ -281,6 +285,10 @@ class IpmSolver:
             sigma = min(1.0, max(0.0, pt.gap_after(aff, ap, ad) / R.gap)) ** 3
             step = pt.direction(R, newton, sigma * R.mu, pt.correction(aff, newton.soc))
             ap, ad = pt.step_lengths(step)
+            # a path that no longer exists (e.g. rows without interior) shows as vanishing steps
+            stalled = stalled + 1 if min(ap, ad) < STALL_STEP else 0
+            if stalled >= 2:
+                raise _Numerical(f"stalled (step lengths {ap:.1e}, {ad:.1e} at accuracy {acc:.1e})")
             pt.advance(step, min(1.0, 0.99 * ap), min(1.0, 0.99 * ad))
             if not (np.isfinite(pt.tau) and all(np.all(np.isfinite(v)) for v in pt.s)):
                 raise _Numerical("the iterates are not finite")
@@ -623,8 +631,10 @@ class _KKT:
             L0[1:, 0] = -P.b
         S = L0 - sum(Bs[k].T @ self.X[k] for k in range(2))
         try:
-            self.S = sla.lu_factor(S, check_finite=False)
-        except (ValueError, np.linalg.LinAlgError) as err:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", sla.LinAlgWarning)  # an exactly singular Schur complement
+                self.S = sla.lu_factor(S, check_finite=False)
+        except (ValueError, np.linalg.LinAlgError, sla.LinAlgWarning) as err:
             raise _Numerical(f"Schur complement: {err}") from None
 
     def apply(self, dx, dsig, dtau, dy):
@@ -809,6 +819,43 @@ class _PointFactor:
 
 
 # ----------------------------------------------------------------------------------------------
+#: a row of C whose normal lies in the span of A's rows to this relative residual is implied
+#: by the equalities (its value is fixed on the whole feasible set)
+IMPLIED_TOL = 1e-9
+
+
+def _implied_rows(problem: MinMaxNormProblem):
+    """The inequality rows whose value the equalities fix: ``(rows, values)`` with ``c_i x =
+    values[i]`` for every x with ``A x = b`` (None when there are no equalities or none is).
+
+    Such a row has no interior (when its value equals h_i: a unit that the equalities pin to
+    its kink, e.g. active at one point and required to output what the other's inactive unit
+    outputs), so the central path does not exist; the interior point then stalls at a
+    positive gap while its duals grow without bound."""
+    if not problem.n_eq:
+        return None
+    A = np.asarray(problem.A, dtype=np.float64)
+    Q, R = np.linalg.qr(A.T)  # A = R' Q', Q orthonormal columns spanning A's rows
+    C = problem.C
+    CQ = np.asarray(C @ Q)
+    full = np.asarray(C.toarray() if sp.issparse(C) else C, dtype=np.float64)
+    resid = np.linalg.norm(full - CQ @ Q.T, axis=1)
+    size = np.linalg.norm(full, axis=1)
+    rows = np.flatnonzero(resid <= IMPLIED_TOL * np.maximum(size, 1e-300))
+    if rows.size == 0:
+        return None
+    # c_i = lam' A = lam' R' Q'  =>  R lam = Q' c_i  =>  c_i x = lam' b
+    lam = sla.solve_triangular(R, CQ[rows].T, lower=False, check_finite=False)
+    return rows, lam.T @ np.asarray(problem.b, dtype=np.float64)
+
+
+def _without_rows(problem: MinMaxNormProblem, rows: np.ndarray) -> tuple[MinMaxNormProblem, np.ndarray]:
+    keep = np.setdiff1d(np.arange(problem.n_linear), rows)
+    C = problem.C.tocsr()[keep] if sp.issparse(problem.C) else np.asarray(problem.C)[keep]
+    return MinMaxNormProblem(C=C, h=np.asarray(problem.h)[keep], A=problem.A, b=problem.b, norm=problem.norm,
+                             lb=problem.lb, ub=problem.ub), keep
+
+
 class IpmBackend(Backend):
     name = "ipm"
     capabilities = frozenset({Capability.LP, Capability.CONE_LP})
@@ -826,6 +873,34 @@ class IpmBackend(Backend):
         self.check_options(options)
         opt = {**self.defaults, **options.native}
         deadline = None if options.time_limit is None else time.monotonic() + float(options.time_limit)
+        sol = self._solve(problem, opt, deadline, t0)
+        if sol.termination is not Termination.NUMERICAL_ERROR:
+            return sol
+        # a stalled path: rows that the equalities fix have no interior; solved without them (a
+        # row fixed at h_i is satisfied by every feasible x; its dual is taken as 0, the
+        # equalities carry its force, as the active set's; one fixed above h_i: infeasible)
+        implied = _implied_rows(problem)
+        if implied is None:
+            return sol
+        rows, values = implied
+        h = np.asarray(problem.h, dtype=np.float64)[rows]
+        over = values - h
+        if np.any(over > 1e-9 * np.maximum(1.0, np.abs(h))):
+            return ConeSolution(Termination.INFEASIBLE, solver=self.name, seconds=time.perf_counter() - t0,
+                                message=f"ipm: infeasible ({int(np.sum(over > 0))} rows violated by every point "
+                                        f"of the equalities)")
+        reduced, keep = _without_rows(problem, rows)
+        again = self._solve(reduced, opt, deadline, t0)
+        if again.termination is not Termination.OPTIMAL:
+            return again
+        z = np.zeros(problem.n_linear)
+        z[keep] = again.z
+        return ConeSolution(Termination.OPTIMAL, x=again.x, z=z, y=again.y, objective=again.objective,
+                            iterations=again.iterations, seconds=time.perf_counter() - t0, solver=self.name,
+                            message=f"{again.message}, {rows.size} rows fixed by the equalities left out "
+                                    f"(first try: {sol.message})")
+
+    def _solve(self, problem: MinMaxNormProblem, opt: dict, deadline: float | None, t0: float) -> ConeSolution:
         try:
             solver = IpmSolver(problem, tol=opt["tol"], max_iter=opt["max_iterations"], deadline=deadline)
         except ValueError as err:
