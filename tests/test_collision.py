@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 from cvxopt import matrix, solvers
 from onnx import helper
 
@@ -14,7 +15,7 @@ import fxverify
 from fxverify.backends.base import Backend, ConeSolution, Termination
 from fxverify.collision import Collider, collide
 from fxverify.collision.affine import all_pairs_eps
-from fxverify.collision.descent import _independent_rows
+from fxverify.collision.descent import _independent_rows, _row_space_equalities
 from fxverify.collision.plan import CutPlan
 from fxverify.config import resolve_engine
 from fxverify.norms import get_norm
@@ -287,6 +288,28 @@ def test_wide_layer_with_redundant_equalities(tmp_path):
     red = _independent_rows(A3, A3 @ np.ones(5))
     assert red is not None and red[0].shape[0] == 2
     assert _independent_rows(A3, A3 @ np.ones(5) + np.array([0, 0, 1.0])) is None  # inconsistent
+
+
+@pytest.mark.parametrize("rank", [6, 4])
+@pytest.mark.parametrize("same", [True, False])
+def test_many_equalities_become_an_orthonormal_basis_of_their_span(rank, same):
+    # full rank: the identity's basis (a Cholesky); rank-deficient: the eigenvectors kept
+    rng = np.random.default_rng(rank + 10 * same)
+    n = 6
+    Eu = rng.standard_normal((40, rank)) @ rng.standard_normal((rank, n))
+    Ev = Eu if same else rng.standard_normal((40, n))
+    x = rng.standard_normal(2 * n)
+    b = Eu @ x[:n] - Ev @ x[n:]
+    Q, c = _row_space_equalities(Eu, Ev, b)
+    np.testing.assert_allclose(Q @ Q.T, np.eye(Q.shape[0]), atol=1e-12)
+    span = rank if same else min(2 * n, rank + n)
+    assert Q.shape == (span, 2 * n)
+    np.testing.assert_allclose(Q @ x, c, atol=1e-9)  # the original solution solves the basis' system
+    # and every solution of the basis' system solves the original one
+    N = scipy.linalg.null_space(Q)
+    other = x + N @ rng.standard_normal(N.shape[1])
+    np.testing.assert_allclose(Eu @ other[:n] - Ev @ other[n:], b, atol=1e-8)
+    assert _row_space_equalities(Eu, Ev, b + rng.standard_normal(40)) is None  # inconsistent
 
 
 def test_first_layer_equalities_skip_the_independence_check_only_when_sound(tmp_path, shipped_model):

@@ -482,10 +482,15 @@ def _row_space_equalities(Eu, Ev, b: np.ndarray):
     Eu, Ev, b = linops.scale_rows(Eu[nz], inv), linops.scale_rows(Ev[nz], inv), b[nz] * inv
     B = Eu if same else linops.hstack([Eu, -Ev])
     G = linops.to_dense(B.T @ B)
-    lam, U = np.linalg.eigh(G)
-    keep = lam > GRAM_RANK_TOL * max(float(lam[-1]) if lam.size else 0.0, 1e-300)
-    Uk, lk = U[:, keep], lam[keep]
-    y = Uk @ ((Uk.T @ np.asarray(B.T @ b).ravel()) / lk)  # the least-norm solution of B y = b
+    Bb = np.asarray(B.T @ b).ravel()
+    full = _full_rank_solve(G, Bb)
+    if full is not None:  # the rows span every direction: any orthonormal basis, the identity's
+        Uk, y = np.eye(G.shape[0]), full
+    else:
+        lam, U = np.linalg.eigh(G)
+        keep = lam > GRAM_RANK_TOL * max(float(lam[-1]) if lam.size else 0.0, 1e-300)
+        Uk, lk = U[:, keep], lam[keep]
+        y = Uk @ ((Uk.T @ Bb) / lk)  # the least-norm solution of B y = b
     if same:
         # A x = B (x_u - x_v): any x with x_u - x_v = y (+ null-space parts) solves it
         resid = np.asarray(B @ y).ravel() - b
@@ -497,6 +502,22 @@ def _row_space_equalities(Eu, Ev, b: np.ndarray):
     if np.max(np.abs(resid), initial=0.0) > 1e-7 * max(1.0, float(np.abs(b).max(initial=0.0))):
         return None
     return np.ascontiguousarray(Q), Q @ x0
+
+
+def _full_rank_solve(G: np.ndarray, g: np.ndarray) -> np.ndarray | None:
+    """G^-1 g when the Gram matrix G is safely of full rank (a Cholesky factor and LAPACK's
+    condition estimate: cond_2 <= n cond_1 < 0.1 / GRAM_RANK_TOL, so an eigendecomposition
+    would keep every direction), else None. A Cholesky costs a tenth of the eigendecomposition."""
+    n = G.shape[0]
+    if n == 0:
+        return None
+    L, info = scipy.linalg.lapack.dpotrf(G, lower=True, clean=True)
+    if info != 0:
+        return None
+    rcond, info = scipy.linalg.lapack.dpocon(L, float(np.abs(G).sum(axis=0).max()), uplo="L")
+    if info != 0 or not rcond * 0.1 > n * GRAM_RANK_TOL:
+        return None
+    return scipy.linalg.cho_solve((L, True), g, check_finite=False)
 
 
 def _independent_rows(A: np.ndarray, b: np.ndarray, independent: bool = False):
