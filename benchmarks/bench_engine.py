@@ -81,13 +81,13 @@ def part_cnn(pairs, pts, cuts):
     print()
 
 
-def part_norms(pairs, pts, cuts):
+def part_norms(pairs, pts, cuts, norms=("l2", "linf", "l1")):
     import fxverify
     from fxverify.collision import Collider
     from fxverify.config import resolve_engine
 
     net = fxverify.load_model(ROOT / "models" / "fcnn_mnist_3v7_benign.onnx")
-    norms = ("l2", "linf", "l1")
+    norms = tuple(norms)
     cols = {n: Collider(net, resolve_engine(None, n)) for n in norms}
     for col in cols.values():
         col.collide_cuts(pts.X_a[-1], pts.X_b[-1], ("linear1",))
@@ -96,7 +96,7 @@ def part_norms(pairs, pts, cuts):
     print(f"3. the regular FCNN, cuts {', '.join(cuts)}: each norm's default backend, interleaved pair by pair")
     rows = []
     for k, (i, j) in enumerate(pairs):
-        order = norms[k % 3:] + norms[:k % 3]
+        order = norms[k % len(norms):] + norms[:k % len(norms)]
         for n in order:
             with _common.timed() as t:
                 res = cols[n].collide_cuts(pts.X_a[i], pts.X_b[j], cuts)
@@ -119,6 +119,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=3, help="pairs per part (the i-th image of each class)")
     ap.add_argument("--parts", nargs="+", default=["cli", "cnn", "norms"], choices=["cli", "cnn", "norms"])
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per CLI call")
+    ap.add_argument("--norms", nargs="+", default=["l2", "linf", "l1"], choices=["l2", "linf", "l1"],
+                    help="norms of part 3 (l2 first: the ratios are to it)")
     args = ap.parse_args()
     limiter = _common.pin_blas()  # noqa: F841
     from fxverify.spec import load_spec
@@ -131,7 +133,7 @@ def main() -> int:
     if "cnn" in args.parts:
         part_cnn(pairs, pts, ("relu1", "pool1"))
     if "norms" in args.parts:
-        part_norms(pairs, pts, ("relu1", "linear2", "relu2", "linear3"))
+        part_norms(pairs, pts, ("relu1", "linear2", "relu2", "linear3"), args.norms)
     _common.footer()
     return 0
 
