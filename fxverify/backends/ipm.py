@@ -743,7 +743,7 @@ def _cholesky(K: np.ndarray, what: str):
 
 def _sym_gram(W: np.ndarray) -> np.ndarray:
     """W' W, both triangles (BLAS syrk: half the flops of a general product)."""
-    if W.shape[0] == 0:
+    if W.shape[0] == 0 or W.shape[1] == 0:  # (BLAS refuses a zero leading dimension)
         return np.zeros((W.shape[1], W.shape[1]))
     G = dsyrk(1.0, W, trans=1, lower=True)
     return G + np.tril(G, -1).T
