@@ -125,7 +125,7 @@ def test_time_limit_is_honoured():
         IPM.check_options(SolverOptions(threads=2))  # not a portable option it honours
 
 
-def _pinned(rng, norm: str, gap: float = 0.0) -> MinMaxNormProblem:
+def _pinned(rng, norm: str, gap: float = 0.0, sparse: bool = False) -> MinMaxNormProblem:
     """Sign rows that the equalities fix at their bound (no interior: a unit pinned to its kink),
     ``gap`` above it (violated by every point of the equalities) when positive."""
     r, k = int(rng.integers(4, 12)), 3
@@ -137,7 +137,7 @@ def _pinned(rng, norm: str, gap: float = 0.0) -> MinMaxNormProblem:
     slack[0, r:] = slack[1, :r] = 0.0
     C = np.vstack([C, slack])
     h = np.concatenate([C[:4] @ x0 - gap, slack @ x0 + 0.3])
-    return MinMaxNormProblem(C=C, h=h, A=A, b=A @ x0, norm=norm)
+    return MinMaxNormProblem(C=sp.csr_matrix(C) if sparse else C, h=h, A=A, b=A @ x0, norm=norm)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
@@ -146,7 +146,7 @@ def test_rows_the_equalities_pin_to_their_bound_are_solved_without_them(norm):
     # dropped (satisfied by every feasible point), the optimum agrees with the simplex's
     rng = np.random.default_rng({"l2": 11, "linf": 12, "l1": 13}[norm])
     for trial in range(6):
-        p = _pinned(rng, norm)
+        p = _pinned(rng, norm, sparse=bool(trial % 2))
         ref, sol = _reference(p), IPM.solve_min_max_norm(p, SolverOptions())
         assert ref.ok and sol.ok, (trial, ref.message, sol.message)
         assert sol.objective == pytest.approx(ref.objective, rel=1e-8, abs=1e-10), trial

@@ -860,17 +860,23 @@ def _implied_rows(problem: MinMaxNormProblem):
         return None
     A = np.asarray(problem.A, dtype=np.float64)
     Q, R = np.linalg.qr(A.T)  # A = R' Q', Q orthonormal columns spanning A's rows
-    C = problem.C
+    C = problem.C.tocsr() if sp.issparse(problem.C) else np.asarray(problem.C, dtype=np.float64)
     CQ = np.asarray(C @ Q)
-    full = np.asarray(C.toarray() if sp.issparse(C) else C, dtype=np.float64)
-    resid = np.linalg.norm(full - CQ @ Q.T, axis=1)
-    size = np.linalg.norm(full, axis=1)
-    rows = np.flatnonzero(resid <= IMPLIED_TOL * np.maximum(size, 1e-300))
+    size2 = np.asarray(C.multiply(C).sum(axis=1)).ravel() if sp.issparse(C) else np.einsum("ij,ij->i", C, C)
+    # ||c - Q Q' c||^2 = ||c||^2 - ||Q' c||^2 picks the candidates (rounding: ~1e-8 relative);
+    # their residuals are then computed directly, row by row (no dense copy of a sparse C)
+    cand = np.flatnonzero(size2 - np.einsum("ij,ij->i", CQ, CQ) <= 1e-12 * np.maximum(size2, 1e-300))
+    if cand.size == 0:
+        return None
+    Cc = C[cand].toarray() if sp.issparse(C) else C[cand]
+    resid = np.linalg.norm(Cc - CQ[cand] @ Q.T, axis=1)
+    rows = cand[resid <= IMPLIED_TOL * np.sqrt(np.maximum(size2[cand], 1e-300))]
     if rows.size == 0:
         return None
     # c_i = lam' A = lam' R' Q'  =>  R lam = Q' c_i  =>  c_i x = lam' b
     lam = sla.solve_triangular(R, CQ[rows].T, lower=False, check_finite=False)
-    return rows, lam.T @ np.asarray(problem.b, dtype=np.float64)
+    values = lam.T @ np.asarray(problem.b, dtype=np.float64)
+    return (rows, values) if np.all(np.isfinite(values)) else None
 
 
 def _without_rows(problem: MinMaxNormProblem, rows: np.ndarray) -> tuple[MinMaxNormProblem, np.ndarray]:
