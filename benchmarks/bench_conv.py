@@ -40,7 +40,8 @@ MODELS = {
     "resnet_2b": ("NCHW", "relu1", "relu6"),
 }
 #: budget grid per norm (pixels in [0, 1])
-GRIDS = {"l2": [0.0, 0.25, 0.5, 1.0, 2.0, 4.0], "linf": [0.0, 0.005, 0.01, 0.02, 0.05, 0.1]}
+GRIDS = {"l2": [0.0, 0.25, 0.5, 1.0, 2.0, 4.0], "linf": [0.0, 0.005, 0.01, 0.02, 0.05, 0.1],
+         "l1": [0.0, 1.0, 2.0, 5.0, 10.0, 20.0]}
 
 
 def write_spec(tmp: Path, data: str, model: str) -> Path:
@@ -76,7 +77,7 @@ def run_one(model: str, norm: str, tmp: Path, jobs: int, budget: float) -> list:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if res.returncode:
-        return [model, norm, "error", "", "", f"{wall:.0f}", f"{cpu:.0f}", res.stderr.strip().splitlines()[-1][:70]]
+        return [model, norm, "error", "", "", f"{wall:.0f}", f"{cpu:.0f}", (res.stderr.strip().splitlines() or ["(no message)"])[-1][:70]]
     doc = json.loads((out / "results.json").read_text())
     cuts = {c["cut"]: c for c in doc["cuts"]}
 
@@ -97,7 +98,6 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes of each run (default 2: the target's cores)")
     ap.add_argument("--time-budget", type=float, default=600.0, help="seconds per run (the target: 600)")
     args = ap.parse_args()
-    GRIDS.setdefault("l1", [0.0, 1.0, 2.0, 5.0, 10.0, 20.0])
     _common.header("bench_conv: every conv model of ../shared/real-onnx, bound --n 2, first ReLU and deepest cut")
     rows = []
     with tempfile.TemporaryDirectory() as t:
@@ -110,7 +110,7 @@ def main() -> int:
                 print("  " + " | ".join(rows[-1]), flush=True)
     print()
     print(_common.table(["model", "norm", "first cut: pairs", "deepest cut: pairs", "data", "wall s", "CPU s",
-                         "<= 10 min"], rows, "llllllrl"[:8]))
+                         "<= 10 min"], rows, "llllllrl"))
     _common.footer()
     return 0
 

@@ -25,6 +25,10 @@ convolution's sign rows at a deep cut), its Hessian is formed from the rows that
 whose weight D_i is not negligible next to the largest (constraint reduction; the residuals
 always use every row).
 
+Rows that the equalities pin to their bound leave the feasible set without an interior; the
+path then stalls (two vanishing steps end the try) and the backend re-solves without those rows
+(:func:`_implied_rows`), their duals 0.
+
 Duals are returned in the convention of the original problem (``z >= 0`` for ``C x <= h``,
 ``y`` for ``A x = b``: the homogenised ones divided by tau*), so the descent reads them as it
 reads any other backend's.
